@@ -1,0 +1,82 @@
+# rlhost — see README.md. `make run` and `make test` are all a user needs.
+PREFIX  ?= /usr/local
+BUILD   ?= build
+PKGS    := lua5.4 libcjson libcurl python3-embed sqlite3
+CC      ?= cc
+OPT     ?= -O2 -g
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ifneq ($(shell pkg-config --exists readline 2>/dev/null && echo y),)
+PKG_CFLAGS += -DRLHOST_READLINE
+PKG_LIBS   += -lreadline
+endif
+
+CFLAGS  += -std=c11 $(OPT) -Wall -Wextra -D_GNU_SOURCE -MMD -MP $(PKG_CFLAGS) $(if $(SAN),$(SAN_FLAGS))
+LDFLAGS += $(if $(SAN),$(SAN_FLAGS)) -rdynamic
+LDLIBS  += $(PKG_LIBS) -lm -ldl -lpthread
+
+SRC      := $(wildcard host/*.c)
+OBJ      := $(SRC:host/%.c=$(BUILD)/obj/%.o)
+LIB_OBJ  := $(filter-out $(BUILD)/obj/main.o,$(OBJ))
+TEST_SRC := $(wildcard tests/c/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
+
+Q = @
+ifeq ($(V),1)
+Q =
+endif
+
+.PHONY: all deps test san install run bench clean check-c check-lua FORCE
+all: $(BUILD)/rlhost $(TEST_BIN)
+
+deps:
+	$(Q)scripts/deps.sh
+
+$(BUILD)/rlhost: $(OBJ)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/obj/%.o: host/%.c
+	@mkdir -p $(@D)
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CFLAGS) -Ihost -c -o $@ $<
+
+$(BUILD)/tests/%: tests/c/%.c $(LIB_OBJ)
+	@mkdir -p $(@D)
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CFLAGS) -Ihost -Itests/c $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
+
+# Every suite; the runner prints `N passed, N failed[, N skipped]` last.
+test: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q).venv/bin/python tests/run --build $(BUILD)
+
+# C and Lua suites under ASan+UBSan, in a separate build directory.
+san: deps
+	$(Q)$(MAKE) --no-print-directory BUILD=build-san SAN=1 OPT="-O1 -g" all
+	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  .venv/bin/python tests/run --build build-san --suites c,lua
+
+run: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(BUILD)/rlhost recipes/demo.lua
+
+bench: deps
+	$(Q)scripts/deps.sh bench
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q).venv/bin/python tests/bench/run --build $(BUILD)
+
+install: $(BUILD)/rlhost
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/rlhost
+	install -m 755 $(BUILD)/rlhost $(DESTDIR)$(PREFIX)/bin/rlhost
+	cp -R lua scripts recipes $(DESTDIR)$(PREFIX)/share/rlhost/
+	find $(DESTDIR)$(PREFIX)/share/rlhost -name __pycache__ -prune -exec rm -rf {} +
+
+clean:
+	rm -rf build build-san
+
+-include $(OBJ:.o=.d) $(TEST_BIN:=.d)
