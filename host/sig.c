@@ -1,0 +1,44 @@
+/* sig.c — see sig.h. */
+#include "sig.h"
+
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t level;
+static void (*second_cb)(void);
+
+static void on_sigint(int signo)
+{
+    (void)signo;
+    if (level < 2)
+        level++;
+    if (level == 1) {
+        static const char msg[] =
+            "\nrlhost: interrupt: finishing the current step (Ctrl-C again to stop now)\n";
+        ssize_t r = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)r;
+    } else if (second_cb) {
+        second_cb();
+    }
+}
+
+void sig_install(void (*on_second)(void))
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    second_cb = on_second;
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: blocking waits return EINTR and look at level */
+    sigaction(SIGINT, &sa, NULL);
+}
+
+void sig_restore(void)
+{
+    signal(SIGINT, SIG_DFL);
+}
+
+int sig_level(void) { return level; }
+
+void sig_reset(void) { level = 0; }

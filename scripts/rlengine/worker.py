@@ -1,0 +1,47 @@
+"""Worker transport: `python -m rlengine.worker`, JSON Lines over stdin/stdout.
+
+One request per line in, one reply per line out, in order. The reply stream owns the
+original fd 1; fd 1 itself and sys.stdout are pointed at stderr so that anything a
+library prints (Python or C level) cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+
+def main() -> int:
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    # Ctrl-C reaches the whole process group; the host decides how to stop (it
+    # checkpoints, then closes our stdin), so an interrupt must not kill a generator
+    # mid-request. SIGTERM keeps its default action.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(stream=sys.stderr, level=os.environ.get("RLENGINE_LOG", "WARNING"),
+                        format="rlengine[%(process)d]: %(levelname)s %(message)s")
+    from .dispatch import error_reply  # after the redirection: imports may print
+    from .host import call, close_all, encode
+
+    stdin = sys.stdin.buffer
+    while True:
+        line = stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        try:
+            reply = call(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            reply = encode(error_reply(None, "config", f"request is not valid UTF-8: {exc}"))
+        replies.write(reply.encode("utf-8") + b"\n")
+        replies.flush()
+    close_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
