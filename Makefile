@@ -28,7 +28,7 @@ ifeq ($(V),1)
 Q =
 endif
 
-.PHONY: all deps test san install run bench clean check-c check-lua FORCE
+.PHONY: all deps test san valgrind install run bench clean
 all: $(BUILD)/rlhost $(TEST_BIN)
 
 deps:
@@ -61,6 +61,14 @@ san: deps
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  .venv/bin/python tests/run --build build-san --suites c,lua
 
+# The C unit tests under valgrind: any leak or memory error fails.
+valgrind: all
+	$(Q)for t in $(TEST_BIN); do \
+	  valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect \
+	    --error-exitcode=9 $$t >$$t.valgrind 2>&1 && echo "valgrind ok   $$t" || \
+	    { echo "valgrind FAIL $$t (see $$t.valgrind)"; exit 1; }; \
+	done
+
 run: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(BUILD)/rlhost recipes/demo.lua
@@ -75,6 +83,8 @@ install: $(BUILD)/rlhost
 	install -m 755 $(BUILD)/rlhost $(DESTDIR)$(PREFIX)/bin/rlhost
 	cp -R lua scripts recipes $(DESTDIR)$(PREFIX)/share/rlhost/
 	find $(DESTDIR)$(PREFIX)/share/rlhost -name __pycache__ -prune -exec rm -rf {} +
+	@# the installed tree uses the source tree's .venv (RLHOST_VENV overrides)
+	if [ -x .venv/bin/python ]; then echo "$(CURDIR)/.venv" > $(DESTDIR)$(PREFIX)/share/rlhost/venv; fi
 
 clean:
 	rm -rf build build-san

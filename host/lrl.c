@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "lrl.h"
+#include "overrides.h"
 #include "sig.h"
 #include "version.h"
 
@@ -82,15 +83,16 @@ int rl_raise(lua_State *L, const char *kind, int retryable, const char *fmt, ...
     return lua_error(L);
 }
 
-/* rl.error{kind=, message=, retryable=, ...} or rl.error(kind, message): make (not
- * raise) an error value; fields beyond these ride along. Level 2 marks the caller. */
+/* rl.error{kind=, message=, retryable=, ...} or rl.error(kind, message [, level]):
+ * make (not raise) an error value; fields beyond these ride along. `where` is the
+ * caller's position unless given. */
 static int l_error(lua_State *L)
 {
     if (lua_type(L, 1) == LUA_TSTRING) {
         const char *kind = lua_tostring(L, 1);
         const char *msg = luaL_optstring(L, 2, "");
         int level = (int)luaL_optinteger(L, 3, 1);
-        rl_pusherror(L, level + 1, kind, 0, "%s", msg);
+        rl_pusherror(L, level, kind, 0, "%s", msg);
         return 1;
     }
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -99,7 +101,7 @@ static int l_error(lua_State *L)
         luaL_argerror(L, 1, "error table needs a string 'kind'");
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "where") == LUA_TNIL) {
-        luaL_where(L, 2);
+        luaL_where(L, 1);
         lua_setfield(L, 1, "where");
     }
     lua_pop(L, 1);
@@ -162,7 +164,15 @@ static int l_overrides(lua_State *L)
     return 1;
 }
 
+/* rl.core.distance(a, b): edit distance, for "did you mean" suggestions. */
+static int l_distance(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)ov_distance(luaL_checkstring(L, 1), luaL_checkstring(L, 2)));
+    return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
+    {"distance", l_distance},
     {"error", l_error},
     {"is_error", l_is_error},
     {"interrupted", l_interrupted},

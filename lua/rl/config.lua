@@ -20,24 +20,7 @@ local function config_error(msg, ...)
   error(core.error{kind = "config", message = msg:format(...), where = "rlhost: "}, 0)
 end
 
--- Optimal string alignment distance, case-insensitive: for "did you mean".
-local function distance(a, b)
-  a, b = a:lower(), b:lower()
-  local d = {}
-  for i = 0, #a do d[i] = {[0] = i} end
-  for j = 0, #b do d[0][j] = j end
-  for i = 1, #a do
-    for j = 1, #b do
-      local cost = a:byte(i) == b:byte(j) and 0 or 1
-      local v = math.min(d[i-1][j] + 1, d[i][j-1] + 1, d[i-1][j-1] + cost)
-      if i > 1 and j > 1 and a:byte(i) == b:byte(j-1) and a:byte(i-1) == b:byte(j) then
-        v = math.min(v, d[i-2][j-2] + 1)
-      end
-      d[i][j] = v
-    end
-  end
-  return d[#a][#b]
-end
+local distance = core.distance  -- case-insensitive edit distance, in C
 
 local function all_keys(t, prefix, out)
   for k, v in pairs(t) do

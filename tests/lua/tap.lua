@@ -70,6 +70,7 @@ end
 
 -- The host binary under test: $RLHOST (set by tests/run), else arg[-1].
 M.host = os.getenv("RLHOST") or arg[-1]
+if M.host:sub(1, 1) ~= "/" then M.host = os.getenv("PWD") .. "/" .. M.host end
 
 local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 M.shquote = shquote
