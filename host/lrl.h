@@ -24,6 +24,8 @@ void rl_error_init(lua_State *L);
 /* C submodules, each returning a table; merged into `rl` by lua/rl/init.lua. */
 int luaopen_rl_core(lua_State *L);
 int luaopen_rl_json(lua_State *L);
+int luaopen_rl_fs(lua_State *L);     /* host/lfs.c */
+int luaopen_rl_random(lua_State *L); /* host/lrandom.c */
 
 /* The JSON bridge for other bindings. Both raise on failure (kind "value" for
  * values JSON cannot carry, "parse" for bad text, naming the key path or byte

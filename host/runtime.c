@@ -16,6 +16,8 @@
 static const luaL_Reg preloads[] = {
     {"rl.core", luaopen_rl_core},
     {"rl.json", luaopen_rl_json},
+    {"rl.fs", luaopen_rl_fs},
+    {"rl.random", luaopen_rl_random},
     {NULL, NULL},
 };
 
