@@ -7,4 +7,18 @@ for k, v in pairs(core) do rl[k] = v end
 rl.json = require "rl.json"
 rl.config = require("rl.config").config
 
+-- Datasets, batching, advantages, fallbacks, runs and evaluation (lua/rl/*.lua).
+rl.fs = require "rl.fs"
+rl.random = require "rl.random"
+do
+  local batch = require "rl.batch"
+  for _, k in ipairs{"chunks", "slice", "len", "sum", "mean", "stats", "repeat_each",
+                     "flatten", "groups", "sorted_keys", "copy"} do
+    rl[k] = batch[k]
+  end
+end
+rl.dataset = require("rl.dataset").dataset
+rl.prompts = require("rl.dataset").prompts
+rl.advantages = require("rl.advantages").advantages
+
 return rl

@@ -1,0 +1,109 @@
+-- rl.advantages(rewards, opts) -> adv, info: per-sample advantages for policy
+-- gradients, computed within groups of samples of the same prompt (GRPO-style).
+--
+-- opts:
+--   group      samples per prompt; consecutive runs of `group` rewards form a group
+--              (the layout rl.generate gives with n = group). Default: one group.
+--   baseline   "group": subtract the mean of the group's rewards;
+--              "rloo": subtract the mean of the *other* samples' rewards (leave one
+--              out, an unbiased baseline).
+--   normalize  "std": (r - baseline) / (std + eps) with the group's sample standard
+--              deviation (n - 1, as torch.std and TRL do); "mean": r - baseline;
+--              "none": the raw reward, no baseline.
+--   eps        added to the std (default 1e-6).
+--   skip_zero_var  groups whose rewards are all equal carry no signal: their
+--              samples get nil (no gradient) instead of 0.
+--   n          number of samples when the rewards list ends in nils.
+--
+-- A nil reward (could not be had) is left out of the group's statistics and its
+-- sample gets a nil advantage, which the engine treats as "no gradient". A group
+-- with fewer than two rewards, or all equal, is a zero-variance group: reported in
+-- info.zero_var (count) and info.zero_var_groups (group numbers), advantages 0.
+local batch = require "rl.batch"
+local core = require "rl.core"
+
+local M = {}
+
+local function value_error(msg, ...)
+  error(core.error{kind = "value", message = "rl.advantages: " .. msg:format(...)}, 3)
+end
+
+local BASELINES = {group = true, rloo = true}
+local NORMALIZE = {std = true, mean = true, none = true}
+
+function M.advantages(rewards, opts)
+  opts = opts or {}
+  if type(rewards) ~= "table" then value_error("rewards must be a list, got %s", type(rewards)) end
+  local n = batch.len(rewards, opts.n)
+  local group = opts.group or n
+  local baseline = opts.baseline or "group"
+  local normalize = opts.normalize or "std"
+  local eps = opts.eps or 1e-6
+  if not BASELINES[baseline] then
+    value_error("baseline must be \"group\" or \"rloo\", got %s", tostring(baseline))
+  end
+  if not NORMALIZE[normalize] then
+    value_error("normalize must be \"std\", \"mean\" or \"none\", got %s", tostring(normalize))
+  end
+  if math.type(group) ~= "integer" or group < 1 then
+    value_error("group must be an integer >= 1, got %s", tostring(group))
+  end
+  if n > 0 and n % group ~= 0 then
+    value_error("%d rewards do not split into groups of %d", n, group)
+  end
+  for i = 1, n do
+    local r = rewards[i]
+    if r ~= nil and type(r) ~= "number" then
+      value_error("reward %d is a %s, not a number", i, type(r))
+    end
+    if r ~= nil and r ~= r then value_error("reward %d is NaN", i) end
+  end
+
+  local adv = {}
+  local info = {n = n, groups = n // group, missing = 0, zero_var = 0, zero_var_groups = {},
+                skipped = 0}
+  for g = 1, n // group do
+    local first, last = (g - 1) * group + 1, g * group
+    local sum, cnt = 0, 0
+    for i = first, last do
+      local r = rewards[i]
+      if r ~= nil then sum, cnt = sum + r, cnt + 1 end
+    end
+    info.missing = info.missing + (group - cnt)
+    local mean = cnt > 0 and sum / cnt or 0
+    local ss = 0
+    for i = first, last do
+      local r = rewards[i]
+      if r ~= nil then ss = ss + (r - mean) ^ 2 end
+    end
+    local std = cnt > 1 and math.sqrt(ss / (cnt - 1)) or 0
+    local zero = cnt < 2 or ss == 0
+    if zero and cnt > 0 then
+      info.zero_var = info.zero_var + 1
+      info.zero_var_groups[#info.zero_var_groups + 1] = g
+    end
+    for i = first, last do
+      local r = rewards[i]
+      local a
+      if r == nil then
+        a = nil
+      elseif zero and opts.skip_zero_var then
+        a = nil
+        info.skipped = info.skipped + 1
+      elseif normalize == "none" then
+        a = r
+      else
+        local b = mean
+        if baseline == "rloo" then
+          b = cnt > 1 and (sum - r) / (cnt - 1) or r
+        end
+        a = r - b
+        if normalize == "std" then a = zero and 0.0 or a / (std + eps) end
+      end
+      adv[i] = a
+    end
+  end
+  return adv, info
+end
+
+return M
