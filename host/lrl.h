@@ -26,6 +26,7 @@ int luaopen_rl_core(lua_State *L);
 int luaopen_rl_json(lua_State *L);
 int luaopen_rl_fs(lua_State *L);     /* host/lfs.c */
 int luaopen_rl_random(lua_State *L); /* host/lrandom.c */
+int luaopen_rl_cmodel(lua_State *L); /* host/lmodel.c */
 
 /* The JSON bridge for other bindings. Both raise on failure (kind "value" for
  * values JSON cannot carry, "parse" for bad text, naming the key path or byte

@@ -18,6 +18,7 @@ static const luaL_Reg preloads[] = {
     {"rl.json", luaopen_rl_json},
     {"rl.fs", luaopen_rl_fs},
     {"rl.random", luaopen_rl_random},
+    {"rl.cmodel", luaopen_rl_cmodel}, /* host/lmodel.c */
     {NULL, NULL},
 };
 

@@ -20,6 +20,7 @@ end
 rl.dataset = require("rl.dataset").dataset
 rl.prompts = require("rl.dataset").prompts
 rl.advantages = require("rl.advantages").advantages
+do local m, g = require "rl.model", require "rl.generate"; rl.model, rl.train_step, rl.generate = m.model, m.train_step, g.generate end
 rl.fallback = require("rl.fallback").fallback
 do local m, g = require "rl.model", require "rl.generate"; rl.model, rl.train_step, rl.generate = m.model, m.train_step, g.generate end
 

@@ -1,0 +1,172 @@
+-- rl.model: the local engine's model handle (host/lmodel.c) and its methods.
+--
+--   local m <close> = rl.model { path = "builtin:tiny", transport = "worker", lr = 1e-4 }
+--   local samples = m:generate({ "2+2=" }, { n = 4, max_tokens = 16 })   -- flat list
+--   local stats = m:train_step(samples, { loss = "pg", advantages = adv, clip = 1.0 })
+--   trainer:sync(generator)            -- trainer's weights into the generator
+--
+-- The C handle carries requests to the engine (scripts/PROTOCOL.md) over the chosen
+-- transport; the methods here shape them. Option names and values are checked by the
+-- engine, which names the field at fault (kind="config"); a bad request leaves the
+-- handle usable.
+local C = require "rl.cmodel"
+local null = require("rl.json").null
+
+local M = {}
+local methods = C.methods
+
+local function copy(t)
+  local out = {}
+  if t ~= nil then
+    if type(t) ~= "table" then
+      error(require("rl.core").error("config", "options must be a table, got a " .. type(t), 2), 3)
+    end
+    for k, v in pairs(t) do out[k] = v end
+  end
+  return out
+end
+
+-- What the engine reads of a sample: token ids (with the log-probs recorded at
+-- generation) when the engine made it, else prompt and text. Everything else a
+-- sample carries (source, group, a dataset's extra fields) stays in Lua.
+local function engine_samples(samples)
+  if type(samples) ~= "table" then return samples end -- the engine names the error
+  local out = {}
+  for i = 1, #samples do
+    local s = samples[i]
+    if type(s) ~= "table" then
+      out[i] = s
+    elseif s.ids ~= nil or s.prompt_ids ~= nil then
+      out[i] = { prompt_ids = s.prompt_ids, ids = s.ids, logprobs = s.logprobs }
+    else
+      out[i] = { prompt = s.prompt, text = s.text, logprobs = s.logprobs }
+    end
+  end
+  return out
+end
+
+-- Advantages may have holes (nil = no reward, no gradient); JSON needs null there.
+local function dense(adv, n)
+  if type(adv) ~= "table" then return adv end
+  local out = {}
+  for i = 1, n do
+    local a = adv[i]
+    if a == nil then a = null end
+    out[i] = a
+  end
+  return out
+end
+
+--- model:generate(prompts, opts) -> samples
+-- prompts: a list of strings. Returns a flat, prompt-major list of n samples per
+-- prompt: samples[(i-1)*n + j] = {prompt=, text=, prompt_ids=, ids=, logprobs=,
+-- finish=, version=, source="model", group=i}. rl.generate adds the rest.
+function methods:generate(prompts, opts)
+  local req = copy(opts)
+  req.prompts = prompts
+  local r = self:_call("generate", req)
+  local out, k = {}, 0
+  for i, group in ipairs(r.samples) do
+    local p = prompts[i]
+    for _, s in ipairs(group) do
+      s.prompt, s.source, s.group = p, "model", i
+      k = k + 1
+      out[k] = s
+    end
+  end
+  return out
+end
+
+--- model:logprobs(samples, opts) -> logprobs, ref_logprobs
+function methods:logprobs(samples, opts)
+  local req = copy(opts)
+  req.samples = engine_samples(samples)
+  local r = self:_call("logprobs", req)
+  return r.logprobs, r.ref_logprobs
+end
+
+--- model:backward(samples, opts) -> stats: accumulate gradients for a micro-batch.
+function methods:backward(samples, opts)
+  local req = copy(opts)
+  req.samples = engine_samples(samples)
+  if type(samples) == "table" then req.advantages = dense(req.advantages, #samples) end
+  return self:_call("backward", req)
+end
+
+--- model:step(opts) -> stats: clip, optimizer update, zero gradients; version + 1.
+function methods:step(opts)
+  return self:_call("step", copy(opts))
+end
+
+local STEP_KEYS = { clip = true, lr = true }
+
+--- model:train_step(samples, opts) -> stats: backward on all samples, then step.
+-- opts mixes both: clip and lr go to the step, timeout to both, the rest to backward.
+function methods:train_step(samples, opts)
+  local b, s = {}, {}
+  for k, v in pairs(copy(opts)) do
+    if STEP_KEYS[k] then s[k] = v
+    elseif k == "timeout" then b[k], s[k] = v, v
+    else b[k] = v end
+  end
+  local bs = self:backward(samples, b)
+  local stats = self:step(s)
+  stats.clip_frac, stats.samples = bs.clip_frac, bs.samples
+  return stats
+end
+
+local function dir_opts(dir, what)
+  if type(dir) == "table" then return copy(dir) end
+  return { dir = dir }
+end
+
+--- model:save(dir) -> {files=, version=}; model:restore(dir) -> {version=}
+function methods:save(dir) return self:_call("save", dir_opts(dir)) end
+function methods:restore(dir) return self:_call("restore", dir_opts(dir)) end
+
+--- model:info() -> {params=, version=, device=, ..., transport=, pid=, restarts=}
+function methods:info()
+  local r = self:_call("info", {})
+  r.transport, r.pid, r.restarts = self:_transport()
+  return r
+end
+
+--- source:sync(target, ...) -> version
+-- Push this model's weights into each target handle (typically a trainer into its
+-- generators). The weights go through one file (in /dev/shm when there is one) that
+-- this model writes once and each target reads once; the last target removes it.
+-- Targets take this model's version, so their samples say which weights made them.
+function methods:sync(...)
+  local n = select("#", ...)
+  if n == 0 then
+    error(require("rl.core").error("usage", "sync: give the model(s) to copy the weights into", 1), 2)
+  end
+  for i = 1, n do
+    local t = select(i, ...)
+    if getmetatable(t) ~= getmetatable(self) then
+      error(require("rl.core").error("usage", ("sync: argument %d is not a model handle"):format(i), 1), 2)
+    end
+  end
+  local ex = self:_call("export", {})
+  for i = 1, n do
+    local t = select(i, ...)
+    t:_call("import", { path = ex.path, version = ex.version, remove = (i == n) })
+  end
+  return ex.version
+end
+
+--- rl.model(options) -> handle
+function M.model(opts)
+  local m = C.open(opts)
+  return m
+end
+
+--- rl.train_step(model, samples, opts) -> stats
+function M.train_step(model, samples, opts)
+  return model:train_step(samples, opts)
+end
+
+M.methods = methods
+M.python_started = C.python_started
+M.sanitized = C.sanitized
+return M
