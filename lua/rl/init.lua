@@ -20,8 +20,9 @@ end
 rl.dataset = require("rl.dataset").dataset
 rl.prompts = require("rl.dataset").prompts
 rl.advantages = require("rl.advantages").advantages
-do local m, g = require "rl.model", require "rl.generate"; rl.model, rl.train_step, rl.generate = m.model, m.train_step, g.generate end
 rl.fallback = require("rl.fallback").fallback
+rl.run = require("rl.run").run
+rl.checkpoint = require "rl.checkpoint"
 do local m, g = require "rl.model", require "rl.generate"; rl.model, rl.train_step, rl.generate = m.model, m.train_step, g.generate end
 
 return rl

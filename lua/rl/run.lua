@@ -1,0 +1,438 @@
+-- rl.run{dir=, resume=, checkpoint_every=, keep_last=, total=, ...} -> run: a run
+-- directory with the resolved config, per-step metrics, progress, crash-safe
+-- checkpoints and plots.
+--
+--   local run = rl.run{dir = "runs/x", resume = true, checkpoint_every = 10}
+--   run:model(policy); run:dataset(data); run:state{stats = my_table}
+--   for step in run:steps(cfg.steps) do
+--     local samples = run:time("generate", rl.generate, policy, data:next(8), {n = 4})
+--     ...
+--     run:log{reward = rl.mean(rewards), loss = stats.loss}
+--   end
+--
+-- Options:
+--   dir               the run directory (created when needed)
+--   resume            continue from the newest complete checkpoint, if any
+--   checkpoint_every  checkpoint every k steps (besides the last step and a SIGINT)
+--   keep_last         keep only the newest k checkpoints (default: all)
+--   total             steps, when run:steps() is called without a number
+--   allow_config_change  resume even though config.json differs (else a config error)
+--   overwrite         start afresh in a directory that holds an earlier run
+--   plot              write metrics.png with scripts/plot.py at the end (default true)
+--   seed              math.random is seeded with it when the run starts afresh
+--                     (default: the config's `seed` if it has one, else 0), since
+--                     Lua seeds it randomly and exact resume needs the same draws
+--   progress          progress on stderr (default true): one updating line on a
+--                     terminal, else a plain line every `progress_every` steps
+--
+-- Files: run.json (format version), config.json, metrics.jsonl (one JSON object
+-- per step, keys sorted; wall-clock times only under "time", so runs can be
+-- compared without them), ckpt-<step>/ (see rl.checkpoint), metrics.png.
+--
+-- Exact resume: a checkpoint holds everything registered plus math.random's state;
+-- metrics lines past the checkpoint's step are dropped on resume, so each step
+-- appears once and a killed-and-resumed run writes what an uninterrupted one does.
+-- Registration (run:model, run:dataset, run:state) must happen before run:steps().
+local batch = require "rl.batch"
+local ckpt = require "rl.checkpoint"
+local core = require "rl.core"
+local fs = require "rl.fs"
+local json = require "rl.json"
+
+local M = {}
+M.FORMAT = 1
+local Run = {}
+Run.__index = Run
+
+local function config_error(msg, ...)
+  error(core.error{kind = "config", message = msg:format(...), where = "rlhost: "}, 0)
+end
+
+local function warn(msg)
+  io.stderr:write("rlhost: warning: " .. msg .. "\n")
+  io.stderr:flush()
+end
+
+local function note(msg)
+  io.stderr:write("rlhost: " .. msg .. "\n")
+  io.stderr:flush()
+end
+
+-- Plain tables (JSON-safe copies; empty tables as objects) of the resolved config.
+local function plain(v)
+  if type(v) ~= "table" then return v end
+  local r = {}
+  for k, x in pairs(v) do r[k] = plain(x) end
+  if next(r) == nil then return json.object() end
+  return r
+end
+
+local function flatten(t, prefix, out)
+  if type(t) ~= "table" then out[prefix] = json.encode(t); return out end
+  for k, v in pairs(t) do
+    local key = prefix == "" and tostring(k) or (prefix .. "." .. tostring(k))
+    if type(v) == "table" and next(v) ~= nil then flatten(v, key, out) else out[key] = json.encode(v) end
+  end
+  return out
+end
+
+local function config_diff(old, new)
+  local a, b = flatten(old, "", {}), flatten(new, "", {})
+  local keys = {}
+  for k in pairs(a) do keys[k] = true end
+  for k in pairs(b) do keys[k] = true end
+  local diffs = {}
+  for _, k in ipairs(batch.sorted_keys(keys)) do
+    if a[k] ~= b[k] then
+      diffs[#diffs + 1] = ("%s: %s -> %s"):format(k, a[k] or "(unset)", b[k] or "(unset)")
+    end
+  end
+  return diffs
+end
+
+local function has_method(obj, name)
+  local ok, f = pcall(function() return obj[name] end)
+  return ok and type(f) == "function"
+end
+
+function M.run(opts)
+  if type(opts) ~= "table" or type(opts.dir) ~= "string" or opts.dir == "" then
+    config_error("rl.run needs a table with dir = \"path\"")
+  end
+  for k in pairs(opts) do
+    local known = {dir = 1, resume = 1, checkpoint_every = 1, keep_last = 1, total = 1,
+                   allow_config_change = 1, overwrite = 1, plot = 1, progress = 1,
+                   progress_every = 1, seed = 1}
+    if not known[k] then config_error("rl.run: unknown option '%s'", tostring(k)) end
+  end
+  local self = setmetatable({}, Run)
+  self.dir = opts.dir:gsub("/+$", "")
+  self.resume = opts.resume and true or false
+  self.every = opts.checkpoint_every
+  self.keep_last = opts.keep_last
+  self.total = opts.total
+  self.opts = opts
+  self.step = 0
+  self.parts = {models = {}, cursors = {}, tables = {}}
+  self.names = {}
+  self.times = {}
+
+  -- Read-only checks first: a run directory we must not touch stays as it was.
+  local runjson = ckpt.read(self.dir .. "/run.json")
+  if runjson then
+    local ok, rj = pcall(json.decode, runjson)
+    if not ok or type(rj) ~= "table" or math.type(rj.format) ~= "integer" then
+      config_error("%s/run.json is not a valid run description", self.dir)
+    end
+    if rj.format > M.FORMAT then
+      config_error("%s was written by a newer rlhost (run format %d; this one reads up to %d)",
+                   self.dir, rj.format, M.FORMAT)
+    end
+  end
+  local resolved = require("rl.config").resolved()
+  self.config = plain(resolved and resolved.config or {})
+  self.seed = opts.seed
+  if self.seed == nil and math.type(rawget(self.config, "seed")) == "integer" then
+    self.seed = self.config.seed
+  end
+  self.seed = self.seed or 0
+  if math.type(self.seed) ~= "integer" then config_error("rl.run: seed must be an integer") end
+  local old_text = ckpt.read(self.dir .. "/config.json")
+  local has_run = old_text or fs.stat(self.dir .. "/metrics.jsonl") or #ckpt.list(self.dir) > 0
+  if has_run and not self.resume and not opts.overwrite then
+    config_error("%s already holds a run: pass resume=true to continue it or overwrite=true "
+                 .. "to start again", self.dir)
+  end
+  if old_text and self.resume then
+    local ok, old = pcall(json.decode, old_text)
+    local diffs = ok and config_diff(old, self.config) or {"config.json is not valid JSON"}
+    if #diffs > 0 then
+      if not opts.allow_config_change then
+        config_error("%s was run with another config; resume refused (pass allow_config_change"
+                     .. "=true to override):\n  %s", self.dir, table.concat(diffs, "\n  "))
+      end
+      warn(("config changed since the run started: %s"):format(table.concat(diffs, "; ")))
+    end
+  end
+  return self
+end
+
+-- run:state{name = table_or_object, ...}: what checkpoints save. Objects with
+-- :save/:restore (models) save into a directory; objects with :state/:set_state
+-- (datasets) save their cursor; plain tables are saved as JSON and restored in
+-- place (fields replaced), so the recipe's references stay valid.
+function Run:state(t)
+  if self.started then
+    error(core.error{kind = "usage", message = "run:state: register before run:steps()"}, 2)
+  end
+  for _, name in ipairs(batch.sorted_keys(t)) do
+    local obj = t[name]
+    if type(name) ~= "string" or not name:match("^[%w_%-%.]+$") or ckpt.reserved[name] then
+      config_error("run:state: bad name '%s'", tostring(name))
+    end
+    if self.names[name] then config_error("run:state: '%s' is registered twice", name) end
+    self.names[name] = true
+    if has_method(obj, "save") and has_method(obj, "restore") then
+      table.insert(self.parts.models, {name, obj})
+    elseif has_method(obj, "state") and has_method(obj, "set_state") then
+      table.insert(self.parts.cursors, {name, obj})
+    elseif type(obj) == "table" then
+      table.insert(self.parts.tables, {name, obj})
+    else
+      config_error("run:state: '%s' is a %s; register tables, models or datasets", name, type(obj))
+    end
+  end
+  return self
+end
+
+function Run:model(m, name) return self:state{[name or "model"] = m} end
+function Run:dataset(ds, name) return self:state{[name or "data"] = ds} end
+
+-- run:time(phase, fn, ...) -> fn(...): adds the call's wall time to this step's
+-- time.<phase> in metrics.
+function Run:time(phase, fn, ...)
+  local t0 = fs.monotonic()
+  local r = table.pack(fn(...))
+  self.times[phase] = (self.times[phase] or 0) + (fs.monotonic() - t0)
+  return table.unpack(r, 1, r.n)
+end
+
+-- run:phase(name) -> stop(): the same, for code that is not one function call.
+function Run:phase(phase)
+  local t0 = fs.monotonic()
+  return function()
+    self.times[phase] = (self.times[phase] or 0) + (fs.monotonic() - t0)
+  end
+end
+
+-- run:log{...}: fields for this step's metrics line (merged; written when the
+-- step ends, with `step` and `time` added).
+function Run:log(fields)
+  self.pending = self.pending or {}
+  for k, v in pairs(fields) do self.pending[k] = v end
+end
+
+function Run:path(name) return self.dir .. "/" .. name end
+
+-- Numbers JSON cannot spell (NaN loss) become null rather than failing the run.
+local function finite(v)
+  if type(v) == "number" and (v ~= v or v == math.huge or v == -math.huge) then return json.null end
+  if type(v) ~= "table" then return v end
+  local r = {}
+  for k, x in pairs(v) do r[k] = finite(x) end
+  if json.isobject(v) then json.object(r) end
+  return r
+end
+
+function Run:_truncate_metrics(upto)
+  local path = self:path("metrics.jsonl")
+  local text = ckpt.read(path)
+  if not text then return end
+  local keep = {}
+  for line in text:gmatch("([^\n]*)\n") do  -- a last line without \n was cut short
+    local ok, rec = pcall(json.decode, line)
+    if ok and type(rec) == "table" and math.type(rec.step) == "integer" and rec.step <= upto then
+      keep[#keep + 1] = line .. "\n"
+    end
+  end
+  local new = table.concat(keep)
+  if new ~= text then fs.write(path, new) end
+end
+
+function Run:_start()
+  if self.started then return end
+  self.started = true
+  local found = self.resume and ckpt.latest(self.dir, warn) or nil
+  if found then
+    ckpt.restore(found, self.parts, warn)  -- may raise (another model): nothing written yet
+    self.step = found.step
+  else
+    math.randomseed(self.seed)
+  end
+  -- From here on the directory is ours to write.
+  fs.mkdir(self.dir)
+  if self.opts.overwrite and not self.resume then
+    for _, c in ipairs(ckpt.list(self.dir)) do fs.remove(c.path) end
+    fs.remove(self:path("metrics.jsonl"))
+    fs.remove(self:path("metrics.png"))
+  end
+  for _, name in ipairs(ckpt.clean(self.dir)) do
+    warn(("removed %s/%s left by an interrupted write"):format(self.dir, name))
+  end
+  if not fs.stat(self:path("run.json")) then
+    fs.write(self:path("run.json"), json.encode({format = M.FORMAT, rlhost = core.version},
+                                                {sort_keys = true}) .. "\n")
+  end
+  fs.write(self:path("config.json"), json.encode(self.config, {indent = true}) .. "\n")
+  self:_truncate_metrics(self.step)
+  self.metrics = assert(io.open(self:path("metrics.jsonl"), "ab"))
+  if found then
+    note(("resuming %s from %s (step %d)"):format(self.dir, found.name, found.step))
+  end
+  self.first_step = self.step
+  self.t_start = fs.monotonic()
+  self.tty = fs.isatty(2)
+end
+
+local function fmt_secs(s)
+  if s ~= s or s == math.huge then return "?" end
+  s = math.floor(s + 0.5)
+  if s < 60 then return s .. "s" end
+  if s < 3600 then return ("%dm%02ds"):format(s // 60, s % 60) end
+  return ("%dh%02dm"):format(s // 3600, (s % 3600) // 60)
+end
+
+local function reward_of(rec)
+  local r = rec.reward
+  if type(r) == "table" then r = r.mean end
+  return type(r) == "number" and r or nil
+end
+
+function Run:_progress(rec, step_secs)
+  if self.opts.progress == false then return end
+  local n = self.total
+  local done = self.step - self.first_step
+  local elapsed = fs.monotonic() - self.t_start
+  local eta = n and done > 0 and (n - self.step) * elapsed / done or nil
+  local parts = {("step %d%s"):format(self.step, n and ("/" .. n) or ""),
+                 "elapsed " .. fmt_secs(elapsed)}
+  if eta then parts[#parts + 1] = "eta " .. fmt_secs(eta) end
+  local r = reward_of(rec)
+  if r then parts[#parts + 1] = ("reward %.4g"):format(r) end
+  local ns = rec.samples
+  if type(ns) == "number" and step_secs > 0 then
+    parts[#parts + 1] = ("%.1f samples/s"):format(ns / step_secs)
+  end
+  local line = table.concat(parts, "  ")
+  if self.tty then
+    io.stderr:write("\r\27[K" .. line)
+    self.open_line = true
+  else
+    local every = self.opts.progress_every or math.max(1, (n or 10) // 10)
+    if self.step == self.first_step + 1 or self.step == n or self.step % every == 0 then
+      io.stderr:write(line .. "\n")
+    end
+  end
+  io.stderr:flush()
+end
+
+function Run:_end_line()
+  if self.open_line then io.stderr:write("\n"); self.open_line = false end
+end
+
+-- checkpoint now (normally the step loop does it).
+function Run:checkpoint()
+  if self.metrics then
+    self.metrics:flush()
+    fs.fsync(self:path("metrics.jsonl"))
+  end
+  local path = ckpt.write(self.dir, self.step, self.parts)
+  self.last_ckpt = self.step
+  ckpt.prune(self.dir, self.keep_last)
+  return path
+end
+
+function Run:_end_step()
+  local k = self.step
+  local rec = self.pending or {}
+  self.pending = nil
+  local step_secs = fs.monotonic() - self.t_step
+  local times = {}
+  for ph, v in pairs(self.times) do times[ph] = v end
+  times.step = step_secs
+  times.elapsed = fs.monotonic() - self.t_start
+  self.times = {}
+  rec = finite(rec)
+  rec.step = k
+  rec.time = times
+  self.metrics:write(json.encode(rec, {sort_keys = true}), "\n")
+  self.metrics:flush()
+  local interrupted = core.interrupted()
+  local due = (self.every and self.every > 0 and k % self.every == 0) or k == self.total
+              or interrupted
+  if due then self:checkpoint() end
+  self:_progress(rec, step_secs)
+  if interrupted then
+    self:_end_line()
+    error(core.error{kind = "interrupted", where = "rlhost: ",
+                     message = ("interrupted after step %d; checkpoint %s/ckpt-%d written "
+                                .. "(run again with resume=true to continue)"):format(k, self.dir, k)}, 0)
+  end
+end
+
+function Run:_finish()
+  if self.finished then return end
+  self.finished = true
+  self:_end_line()
+  if self.metrics then self.metrics:close(); self.metrics = nil end
+  if self.opts.plot ~= false then self:plot() end
+end
+
+-- Write metrics.png with scripts/plot.py in the project's .venv; a missing Python
+-- or matplotlib is a note, not a failure.
+function Run:plot()
+  local home = core.home or "."
+  local venv = os.getenv("RLHOST_VENV")
+  if not venv then
+    venv = home .. "/.venv"
+    if not fs.stat(venv .. "/bin/python") then
+      local f = ckpt.read(home .. "/venv")
+      if f then venv = f:gsub("%s+$", "") end
+    end
+  end
+  local py, script = venv .. "/bin/python", home .. "/scripts/plot.py"
+  if not fs.stat(py) or not fs.stat(script) then
+    note("plots skipped (no " .. (fs.stat(py) and script or py) .. ")")
+    return false
+  end
+  local q = function(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+  local p = io.popen(q(py) .. " " .. q(script) .. " " .. q(self.dir) .. " 2>&1")
+  local out = p:read("a")
+  local ok = p:close()
+  if not ok then
+    note("plots skipped: " .. (out:match("([^\n]+)\n?$") or "plot.py failed"))
+    return false
+  end
+  return true
+end
+
+-- for step in run:steps(n): steps after the resumed one up to n. Ending a step
+-- writes its metrics line, checkpoints when due, and stops with an "interrupted"
+-- error after a checkpoint if SIGINT arrived. A `break` ends the step normally.
+function Run:steps(n)
+  n = n or self.total
+  if n ~= nil and (math.type(n) ~= "integer" or n < 0) then
+    config_error("run:steps: the number of steps must be an integer >= 0, got %s", tostring(n))
+  end
+  self.total = n
+  self:_start()
+  local run = self
+  local in_step = false
+  local function iter()
+    if in_step then
+      in_step = false
+      run:_end_step()
+    end
+    if n and run.step >= n then
+      run:_finish()
+      return nil
+    end
+    run.step = run.step + 1
+    run.times = {}
+    run.t_step = fs.monotonic()
+    in_step = true
+    return run.step
+  end
+  local closing = setmetatable({}, {__close = function(_, err)
+    if err ~= nil or run.finished then return end
+    if in_step then  -- left by `break`: the step's work is done
+      in_step = false
+      run:_end_step()
+      if run.last_ckpt ~= run.step then run:checkpoint() end
+    end
+    run:_finish()
+  end})
+  return iter, nil, nil, closing
+end
+
+return M

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Plot a run's metrics or an evaluation report as PNG.
+
+    .venv/bin/python scripts/plot.py runs/x                 # runs/x/metrics.png
+    .venv/bin/python scripts/plot.py runs/x -o curves.png
+    .venv/bin/python scripts/plot.py --report runs/x/eval/report.json   # report.png
+
+metrics.jsonl holds one JSON object per step (rl.run writes it). Curves are drawn
+for the keys a recipe logs under the usual names (reward, loss, kl, grad_norm,
+entropy, lr, ...), numbers nested one level deep included (`stats.loss`), and a
+stacked view of the seconds per phase under `time`. Missing values (null) are
+gaps, not zeros.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Curves in this order when present; then any other numeric series.
+PREFERRED = ["reward", "reward.mean", "eval_reward", "loss", "stats.loss", "kl", "stats.kl",
+             "grad_norm", "stats.grad_norm", "entropy", "stats.entropy", "lr", "stats.lr",
+             "clip_frac", "stats.clip_frac"]
+SKIP = {"step", "version", "stats.version", "stats.tokens", "tokens"}
+MAX_PANELS = 9
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                rows.append(rec)
+    return rows
+
+
+def numeric_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Flatten numbers one level deep (`stats.loss`), excluding `time`."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for rec in rows:
+        step = rec["step"]
+        for key, val in rec.items():
+            if key == "time":
+                continue
+            items = val.items() if isinstance(val, dict) else [(None, val)]
+            for sub, v in items:
+                name = key if sub is None else f"{key}.{sub}"
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                if name in SKIP or not math.isfinite(float(v)):
+                    continue
+                series.setdefault(name, []).append((step, float(v)))
+    return series
+
+
+def time_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for rec in rows:
+        t = rec.get("time")
+        if not isinstance(t, dict):
+            continue
+        for k, v in t.items():
+            if k in ("elapsed",) or not isinstance(v, (int, float)):
+                continue
+            out.setdefault(k, []).append((rec["step"], float(v)))
+    return out
+
+
+def choose(series: dict[str, list[tuple[int, float]]]) -> list[str]:
+    names = [n for n in PREFERRED if n in series and len(series[n]) > 0]
+    # nested duplicates of a top-level curve add nothing
+    names = [n for n in names if not (n.startswith("stats.") and n[6:] in names)]
+    for n in sorted(series):
+        if n not in names and len({v for _, v in series[n]}) > 1:
+            names.append(n)
+    return names[: MAX_PANELS - 1]
+
+
+def plot_run(run_dir: str, out: str | None) -> str:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    rows = read_metrics(path)
+    if not rows:
+        raise SystemExit(f"plot.py: {path} has no metrics lines")
+    series = numeric_series(rows)
+    names = choose(series)
+    times = time_series(rows)
+    panels = len(names) + (1 if times else 0)
+    panels = max(panels, 1)
+    cols = min(3, panels)
+    nrows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax, name in zip(flat, names):
+        xs, ys = zip(*series[name])
+        ax.plot(xs, ys, lw=1.2)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    if times:
+        ax = flat[len(names)]
+        phases = [k for k in sorted(times) if k != "step"]
+        for k in phases:
+            xs, ys = zip(*times[k])
+            ax.plot(xs, ys, lw=1.0, label=k)
+        if "step" in times:
+            xs, ys = zip(*times["step"])
+            ax.plot(xs, ys, lw=1.0, ls="--", color="black", label="step total")
+        ax.set_title("seconds per phase", fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    for ax in flat[panels:]:
+        ax.axis("off")
+    fig.suptitle(os.path.basename(os.path.normpath(run_dir)), fontsize=11)
+    fig.tight_layout()
+    out = out or os.path.join(run_dir, "metrics.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_report(report: str, out: str | None) -> str:
+    """Bars of mean reward (± standard error) per model and scorer."""
+    with open(report, encoding="utf-8") as f:
+        rep = json.load(f)
+    rows = rep.get("rows", [])
+    if not rows:
+        raise SystemExit(f"plot.py: {report} has no rows")
+    models = list(dict.fromkeys(str(r.get("model", "")) for r in rows))
+    scorers = list(dict.fromkeys(str(r.get("scorer", "")) for r in rows))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(scorers) * max(1, len(models))), 3.4))
+    for mi, m in enumerate(models):
+        means, errs, xs = [], [], []
+        for si, s in enumerate(scorers):
+            r = next((r for r in rows if str(r.get("model", "")) == m and str(r.get("scorer", "")) == s), None)
+            if r is None or r.get("mean") is None:
+                continue
+            xs.append(si + mi * width - 0.4 + width / 2)
+            means.append(float(r["mean"]))
+            errs.append(float(r.get("stderr") or 0.0))
+        ax.bar(xs, means, width, yerr=errs, capsize=3, label=m or None)
+    ax.set_xticks(range(len(scorers)))
+    ax.set_xticklabels(scorers)
+    ax.set_ylabel("mean reward")
+    ax.set_title(str(rep.get("title", "evaluation")), fontsize=10)
+    if len(models) > 1 or models[0]:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out = out or os.path.splitext(report)[0] + ".png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", nargs="?", help="a run directory holding metrics.jsonl")
+    ap.add_argument("--report", help="an evaluation report.json to plot instead")
+    ap.add_argument("-o", "--out", help="output PNG path")
+    args = ap.parse_args(argv)
+    if args.report:
+        out = plot_report(args.report, args.out)
+    elif args.run_dir:
+        out = plot_run(args.run_dir, args.out)
+    else:
+        ap.error("give a run directory or --report FILE")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
