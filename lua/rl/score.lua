@@ -1,0 +1,137 @@
+-- rl.score(scorer, samples, opts) -> rewards, info
+--
+-- A scorer is one of:
+--   * a Lua function `function(sample) return reward [, reason] end`;
+--   * an object with `:score(samples, opts) -> rewards, info` (judges, native
+--     rewards, rl.reward.mix, fallback chains).
+-- rewards[i] is a number or nil; info[i] is {status="ok"|"error", kind=, message=,
+-- source=, cached=, raw=, latency_ms=, ...}. A missing reward always has
+-- status="error" and a kind — never a silent 0.
+--
+-- Kinds say whose fault a failure is, which is what a fallback needs:
+--   per-sample (the scorer works, this answer did not): "parse" (the judge answered
+--     but no score could be read; raw text kept), "value" (a function returned no
+--     number), "sandbox" setup trouble is "internal";
+--   the scorer itself is unavailable: "http", "timeout", "rate_limit" (after the
+--     endpoint's retries), "interrupted".
+-- info.summary (also rl.score_summary()) totals the call: n, ok, failed,
+-- failures={kind=count}, requests (HTTP attempts), retries, cache_hits,
+-- prompt_tokens, completion_tokens, latency_ms.
+--
+-- Raising (opts.raise):
+--   nil/false  never raise for scoring failures (the default; recipes read info);
+--   true       raise when the scorer is down: no sample got a reward and at least one
+--              failure is a transport kind (http/timeout/rate_limit) — the error is
+--              an rl.error {kind=<most common transport kind>, retryable=,
+--              failures=, info=} so a fallback chain can switch scorers;
+--   "any"      raise if any sample failed with a transport kind (the rest of info is
+--              attached as err.info, with the rewards as err.rewards).
+-- A second Ctrl-C always raises kind "interrupted". Errors in a Lua function scorer
+-- that are not rl.error tables (bugs) propagate unchanged.
+local core = require "rl.core"
+
+local M = {}
+
+local TRANSPORT = { http = true, timeout = true, rate_limit = true }
+M.TRANSPORT = TRANSPORT
+
+local last_summary = {}
+
+local function call_function(f, samples)
+  local rewards, info = {}, {}
+  for i, s in ipairs(samples) do
+    local t0 = os.clock()
+    local ok, r, reason = pcall(f, s)
+    if not ok then
+      if core.is_error(r) then
+        info[i] = { status = "error", kind = r.kind, message = r.message, source = "function" }
+      else
+        error(r, 0) -- a bug in the recipe's reward function: stop here, loudly
+      end
+    elseif type(r) == "number" and r == r then
+      rewards[i] = r
+      info[i] = { status = "ok", source = "function", reason = reason,
+                  latency_ms = (os.clock() - t0) * 1000 }
+    else
+      info[i] = { status = "error", kind = "value", source = "function",
+                  message = reason and tostring(reason) or ("returned %s, not a number"):format(
+                    r == nil and "nil" or tostring(r)) }
+    end
+  end
+  return rewards, info
+end
+
+function M.score(scorer, samples, opts)
+  opts = opts or {}
+  if type(samples) ~= "table" then
+    error(core.error { kind = "usage", message = "rl.score(scorer, samples): samples must be a list" }, 2)
+  end
+  local rewards, info
+  local st = type(scorer)
+  if st == "function" then
+    rewards, info = call_function(scorer, samples)
+  elseif (st == "table" or st == "userdata") and scorer.score then
+    rewards, info = scorer:score(samples, opts)
+  else
+    error(core.error { kind = "usage", message = "rl.score: scorer must be a function or have :score" }, 2)
+  end
+  rewards, info = rewards or {}, info or {}
+  local summary = info.summary or {}
+  summary.n, summary.ok, summary.failed = #samples, 0, 0
+  summary.failures = {}
+  for _, k in ipairs { "requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens" } do
+    summary[k] = summary[k] or 0
+  end
+  local transport, interrupted = {}, false
+  for i = 1, #samples do
+    local r, inf = rewards[i], info[i]
+    if type(inf) ~= "table" then inf = {}; info[i] = inf end
+    if r ~= nil and (type(r) ~= "number" or r ~= r) then
+      rewards[i] = nil
+      inf.status, inf.kind, inf.message = "error", "value", "reward is not a number: " .. tostring(r)
+    elseif r == nil and inf.status ~= "error" then
+      inf.status, inf.kind = "error", inf.kind or "value"
+      inf.message = inf.message or "the scorer returned no reward"
+    elseif r ~= nil then
+      inf.status = "ok"
+    end
+    if inf.status == "ok" then
+      summary.ok = summary.ok + 1
+    else
+      summary.failed = summary.failed + 1
+      local k = inf.kind or "value"
+      inf.kind = k
+      summary.failures[k] = (summary.failures[k] or 0) + 1
+      if TRANSPORT[k] then transport[k] = (transport[k] or 0) + 1 end
+      if k == "interrupted" then interrupted = true end
+    end
+  end
+  info.summary = summary
+  last_summary = summary
+  if interrupted then
+    error(core.error { kind = "interrupted", message = "scoring interrupted by a second SIGINT",
+                       retryable = false }, 0)
+  end
+  if opts.raise then
+    local top, topn, ntrans = nil, 0, 0
+    for k, c in pairs(transport) do
+      ntrans = ntrans + c
+      if c > topn or (c == topn and k < top) then top, topn = k, c end
+    end
+    if top and (opts.raise == "any" or summary.ok == 0) then
+      local msg
+      for i = 1, #samples do
+        if info[i].kind == top then msg = info[i].message break end
+      end
+      error(core.error { kind = top, retryable = true, failures = summary.failures, info = info,
+                         rewards = rewards, where = "rl.score: ",
+                         message = ("%d of %d samples unscored (%s)"):format(ntrans, #samples,
+                                                                          msg or top) }, 0)
+    end
+  end
+  return rewards, info
+end
+
+function M.summary() return last_summary end
+
+return M

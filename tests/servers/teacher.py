@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""A teacher model for tests: a threaded stdlib HTTP server speaking the OpenAI Chat
+Completions, OpenAI Completions and Anthropic Messages shapes.
+
+Judge prompts (ones containing a "[The Start of ...]" block, as the default rubrics
+write them) are answered by a deterministic rule of the test's choosing; other prompts
+get an echo. Faults are injected by configuration, per request, with a seeded
+generator:
+
+  latency      seconds added to every request
+  fault_rate   probability that a request is faulted
+  faults       kinds to draw from: 429 (Retry-After in seconds), 429date (Retry-After
+               as an HTTP-date), 500, 503, truncated (a body shorter than its
+               Content-Length), ctype (200 with text/html), hang (no answer for
+               hang_s seconds), reset (a partial status line then a TCP reset),
+               unparsable (a judge answer without a score)
+  ignore_n     answer one choice whatever n asks for (llama.cpp, Ollama)
+  rule         judge rule: "len10" (score = 1 + len(completion) % 10), "digit" (the
+               first digit in the completion; none: an unparsable answer),
+               "const:N", "longer" (pairwise: the longer answer wins)
+
+Use in-process:  srv = Teacher(rule="len10"); srv.start(); srv.url ...; srv.stop()
+or as a program: teacher.py [--config JSON]  (prints "PORT n" once listening).
+GET /_stats returns the counters; POST /_config merges new settings (and with
+{"reset": true} zeroes the counters).
+"""
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DEFAULTS = {
+    "latency": 0.0,
+    "fault_rate": 0.0,
+    "faults": ["429", "429date", "500", "503", "truncated", "ctype", "hang", "reset", "unparsable"],
+    "seed": 1,
+    "retry_after": 1,
+    "hang_s": 3.0,
+    "ignore_n": False,
+    "rule": "len10",
+}
+
+RESP_RE = re.compile(r"\[The Start of the Response\]\n(.*?)\n\[The End of the Response\]", re.S)
+PAIR_RE = re.compile(r"\[The Start of Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A's Answer\]"
+                     r".*?\[The Start of Assistant B's Answer\]\n(.*?)\n\[The End of Assistant B's Answer\]", re.S)
+
+
+def judge_answer(rule: str, prompt: str, unparsable: bool) -> str | None:
+    """The judge's text for a judge prompt, or None if the prompt is not one."""
+    m = PAIR_RE.search(prompt)
+    if m:
+        if unparsable:
+            return "Both answers have merit; I cannot decide."
+        a, b = m.group(1), m.group(2)
+        v = "A" if len(a) > len(b) else "B" if len(b) > len(a) else "C"
+        return f"Comparing the two answers on length.\n\nVerdict: [[{v}]]"
+    m = RESP_RE.search(prompt)
+    if not m:
+        return None
+    completion = m.group(1)
+    if unparsable:
+        return "The response is interesting. I would rate it highly, all things considered."
+    if rule == "len10":
+        score = 1 + len(completion) % 10
+    elif rule == "digit":
+        d = re.search(r"\d", completion)
+        if not d:
+            return "No rating is possible here."
+        score = int(d.group(0))
+    elif rule.startswith("const:"):
+        score = rule.split(":", 1)[1]
+    else:
+        score = 5
+    return f"The response addresses the prompt; reasoning about quality.\n\nRating: [[{score}]]"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "Server"
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    def finish(self):
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def _send(self, status: int, body: bytes, ctype="application/json", headers=None, length=None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/_stats":
+            self._send(200, json.dumps(self.server.snapshot()).encode())
+        else:
+            self._send(404, b'{"error":"not found"}')
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        if self.path == "/_config":
+            self.server.configure(json.loads(raw or b"{}"))
+            self._send(200, b"{}")
+            return
+        path = self.path.rstrip("/")
+        if not (path.endswith("/chat/completions") or path.endswith("/completions")
+                or path.endswith("/messages")):
+            self._send(404, b'{"error":"not found"}')
+            return
+        cfg, fault = self.server.admit(self.headers)
+        if cfg["latency"]:
+            time.sleep(cfg["latency"])
+        try:
+            req = json.loads(raw)
+        except ValueError:
+            self._send(400, b'{"error":{"message":"bad json"}}')
+            return
+        self.server.count("body_n", req.get("n", 1))
+        if fault and fault != "unparsable":
+            self.server.count("fault_" + fault)
+            return self._fault(fault, cfg)
+        self.server.count("ok_http")
+        self._answer(path, req, cfg, fault == "unparsable")
+
+    def _fault(self, fault: str, cfg):
+        if fault == "429":
+            self._send(429, b'{"error":{"message":"rate limited"}}',
+                       headers={"Retry-After": str(cfg["retry_after"])})
+        elif fault == "429date":
+            when = email.utils.formatdate(time.time() + cfg["retry_after"], usegmt=True)
+            self._send(429, b'{"error":{"message":"rate limited"}}', headers={"Retry-After": when})
+        elif fault in ("500", "503"):
+            self._send(int(fault), b'{"error":{"message":"server error"}}')
+        elif fault == "truncated":
+            body = b'{"choices":[{"message":{"content":"cut'
+            self._send(200, body, length=len(body) + 200)
+            self.close_connection = True
+            self._reset()
+        elif fault == "ctype":
+            self._send(200, b"<html><body>Bad gateway</body></html>", ctype="text/html")
+        elif fault == "hang":
+            time.sleep(cfg["hang_s"])
+            self.close_connection = True
+            self._reset()
+        elif fault == "reset":
+            # Part of a status line first: a reset before any byte would let curl
+            # silently re-send on a reused connection, hiding the fault from the count.
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-")
+            self.wfile.flush()
+            self.close_connection = True
+            self._reset()
+
+    def _reset(self):
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
+    def _answer(self, path: str, req: dict, cfg: dict, unparsable: bool):
+        if path.endswith("/messages"):
+            text = " ".join(m["content"] if isinstance(m["content"], str) else
+                            " ".join(b.get("text", "") for b in m["content"])
+                            for m in req.get("messages", []))
+            ans = judge_answer(cfg["rule"], text, unparsable)
+            if ans is None:
+                ans = "echo: " + text[-200:]
+            body = {"id": "msg_test", "type": "message", "role": "assistant", "model": req.get("model"),
+                    "content": [{"type": "text", "text": ans}], "stop_reason": "end_turn",
+                    "usage": {"input_tokens": len(text) // 4 + 1, "output_tokens": len(ans) // 4 + 1}}
+            self._send(200, json.dumps(body).encode())
+            return
+        chat = path.endswith("/chat/completions")
+        if chat:
+            text = "\n".join(m.get("content", "") for m in req.get("messages", [])
+                             if isinstance(m.get("content"), str))
+        else:
+            text = req.get("prompt", "")
+        n = 1 if cfg["ignore_n"] else int(req.get("n", 1) or 1)
+        ans = judge_answer(cfg["rule"], text, unparsable)
+        choices = []
+        for i in range(n):
+            t = ans if ans is not None else f"echo {i}: {text[-200:]}"
+            if chat:
+                choices.append({"index": i, "message": {"role": "assistant", "content": t},
+                                "finish_reason": "stop"})
+            else:
+                choices.append({"index": i, "text": t, "finish_reason": "stop"})
+        body = {"id": "cmpl-test", "object": "chat.completion" if chat else "text_completion",
+                "model": req.get("model"), "choices": choices,
+                "usage": {"prompt_tokens": len(text) // 4 + 1,
+                          "completion_tokens": sum(len(c.get("text") or c["message"]["content"]) // 4 + 1
+                                                   for c in choices)}}
+        self._send(200, json.dumps(body).encode())
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, addr, cfg):
+        self.cfg = dict(DEFAULTS)
+        self.cfg.update(cfg)
+        self.lock = threading.Lock()
+        self.stats: dict = {}
+        self.k = 0
+        super().__init__(addr, Handler)
+
+    def configure(self, cfg: dict):
+        with self.lock:
+            if cfg.pop("reset", False):
+                self.stats = {}
+                self.k = 0
+            self.cfg.update(cfg)
+
+    def count(self, key, by=1):
+        with self.lock:
+            self.stats[key] = self.stats.get(key, 0) + by
+
+    def admit(self, headers):
+        """Count the request; decide its fault from the seeded sequence."""
+        with self.lock:
+            self.k += 1
+            self.stats["requests"] = self.stats.get("requests", 0) + 1
+            if headers.get("Authorization"):
+                self.stats["auth_bearer"] = self.stats.get("auth_bearer", 0) + 1
+            if headers.get("x-api-key"):
+                self.stats["auth_x_api_key"] = self.stats.get("auth_x_api_key", 0) + 1
+            cfg = dict(self.cfg)
+            rng = random.Random(cfg["seed"] * 1000003 + self.k)
+            fault = None
+            if cfg["fault_rate"] and rng.random() < cfg["fault_rate"]:
+                fault = rng.choice(cfg["faults"])
+            return cfg, fault
+
+    def snapshot(self):
+        with self.lock:
+            return dict(self.stats)
+
+
+class Teacher:
+    """In-process handle: start() on a free loopback port, stop() afterwards."""
+
+    def __init__(self, **cfg):
+        self.server = Server(("127.0.0.1", 0), cfg)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def stats(self):
+        return self.server.snapshot()
+
+    def configure(self, **cfg):
+        self.server.configure(cfg)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *a):
+        self.stop()
+
+
+def main(argv):
+    cfg = {}
+    if "--config" in argv:
+        cfg = json.loads(argv[argv.index("--config") + 1])
+    srv = Server(("127.0.0.1", 0), cfg)
+    print(f"PORT {srv.server_address[1]}", flush=True)
+    try:
+        srv.serve_forever(poll_interval=0.05)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
