@@ -24,6 +24,7 @@ void rl_error_init(lua_State *L);
 /* C submodules, each returning a table; merged into `rl` by lua/rl/init.lua. */
 int luaopen_rl_core(lua_State *L);
 int luaopen_rl_json(lua_State *L);
+int luaopen_rl_endpoint(lua_State *L), luaopen_rl_cache(lua_State *L), luaopen_rl_rewards(lua_State *L);
 int luaopen_rl_fs(lua_State *L);     /* host/lfs.c */
 int luaopen_rl_random(lua_State *L); /* host/lrandom.c */
 int luaopen_rl_cmodel(lua_State *L); /* host/lmodel.c */

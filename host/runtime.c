@@ -16,6 +16,7 @@
 static const luaL_Reg preloads[] = {
     {"rl.core", luaopen_rl_core},
     {"rl.json", luaopen_rl_json},
+    {"rl.endpoint_c", luaopen_rl_endpoint}, {"rl.cache", luaopen_rl_cache}, {"rl.rewards", luaopen_rl_rewards},
     {"rl.fs", luaopen_rl_fs},
     {"rl.random", luaopen_rl_random},
     {"rl.cmodel", luaopen_rl_cmodel}, /* host/lmodel.c */
