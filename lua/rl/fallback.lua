@@ -336,6 +336,9 @@ function Chain:score(samples, opts)
   return rewards, info
 end
 
+-- Score with any scorer the way a chain does (used by rl.eval too).
+M.call_score = call_score
+
 -- A chain is also callable as a scorer function over one sample.
 Chain.__call = function(self, sample)
   local r, info = self:score({sample})

@@ -23,6 +23,7 @@ rl.advantages = require("rl.advantages").advantages
 rl.fallback = require("rl.fallback").fallback
 rl.run = require("rl.run").run
 rl.checkpoint = require "rl.checkpoint"
+rl.eval = require "rl.eval"
 do local m, g = require "rl.model", require "rl.generate"; rl.model, rl.train_step, rl.generate = m.model, m.train_step, g.generate end
 
 do local s, e = require "rl.score", require "rl.endpoint"; rl.score, rl.score_summary, rl.endpoint, rl.judge, rl.reward, rl.cache = s.score, s.summary, e.new, require("rl.judge").judge, require "rl.reward", require "rl.cache" end

@@ -368,9 +368,10 @@ function Run:_finish()
   if self.opts.plot ~= false then self:plot() end
 end
 
--- Write metrics.png with scripts/plot.py in the project's .venv; a missing Python
--- or matplotlib is a note, not a failure.
-function Run:plot()
+-- Run scripts/plot.py with the project's .venv Python. Returns true, or false
+-- with a one-line reason (no Python, no matplotlib, a failed plot): plots are a
+-- convenience, never a reason to fail a run.
+function M.plot(args)
   local home = core.home or "."
   local venv = os.getenv("RLHOST_VENV")
   if not venv then
@@ -381,19 +382,23 @@ function Run:plot()
     end
   end
   local py, script = venv .. "/bin/python", home .. "/scripts/plot.py"
-  if not fs.stat(py) or not fs.stat(script) then
-    note("plots skipped (no " .. (fs.stat(py) and script or py) .. ")")
-    return false
-  end
+  if not fs.stat(py) then return false, "no " .. py end
+  if not fs.stat(script) then return false, "no " .. script end
   local q = function(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-  local p = io.popen(q(py) .. " " .. q(script) .. " " .. q(self.dir) .. " 2>&1")
+  local cmd = {q(py), q(script)}
+  for _, a in ipairs(args) do cmd[#cmd + 1] = q(a) end
+  local p = io.popen(table.concat(cmd, " ") .. " 2>&1")
   local out = p:read("a")
   local ok = p:close()
-  if not ok then
-    note("plots skipped: " .. (out:match("([^\n]+)\n?$") or "plot.py failed"))
-    return false
-  end
+  if not ok then return false, out:match("([^\n]+)\n?$") or "plot.py failed" end
   return true
+end
+
+-- Write metrics.png (a missing Python or matplotlib is a note, not a failure).
+function Run:plot()
+  local ok, why = M.plot({self.dir})
+  if not ok then note("plots skipped: " .. why) end
+  return ok
 end
 
 -- for step in run:steps(n): steps after the resumed one up to n. Ending a step
