@@ -120,9 +120,9 @@ function M.judge(opts)
   local pdesc = type(parse) == "table" and ("json:" .. parse.json) or
                 type(parse) == "function" and "function" or tostring(parse or "brackets")
   -- Everything that changes a score goes into the key, nothing that does not.
-  self.settings = json.encode { mode = mode, lo = lo, hi = hi, votes = votes, parse = pdesc,
+  self.settings = json.encode({ mode = mode, lo = lo, hi = hi, votes = votes, parse = pdesc,
                                 temperature = self.temperature, max_tokens = self.max_tokens,
-                                system = self.system or "" }
+                                system = self.system or "" }, { sort_keys = true })
   self.source = "judge:" .. self.model
   return self
 end

@@ -14,6 +14,9 @@ generator:
                Content-Length), ctype (200 with text/html), hang (no answer for
                hang_s seconds), reset (a partial status line then a TCP reset),
                unparsable (a judge answer without a score)
+  fail_first   the first N requests are faulted for sure, cycling through faults
+  echo         (a fault kind) 400 whose body echoes the request headers, so a test
+               can check that the client scrubs its key from error texts
   ignore_n     answer one choice whatever n asks for (llama.cpp, Ollama)
   rule         judge rule: "len10" (score = 1 + len(completion) % 10), "digit" (the
                first digit in the completion; none: an unparsable answer),
@@ -46,6 +49,7 @@ DEFAULTS = {
     "hang_s": 3.0,
     "ignore_n": False,
     "rule": "len10",
+    "fail_first": 0,
 }
 
 RESP_RE = re.compile(r"\[The Start of the Response\]\n(.*?)\n\[The End of the Response\]", re.S)
@@ -151,6 +155,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, body, length=len(body) + 200)
             self.close_connection = True
             self._reset()
+        elif fault == "echo":
+            body = json.dumps({"error": {"message": "bad request", "headers": dict(self.headers)}})
+            self._send(400, body.encode())
         elif fault == "ctype":
             self._send(200, b"<html><body>Bad gateway</body></html>", ctype="text/html")
         elif fault == "hang":
@@ -245,7 +252,9 @@ class Server(ThreadingHTTPServer):
             cfg = dict(self.cfg)
             rng = random.Random(cfg["seed"] * 1000003 + self.k)
             fault = None
-            if cfg["fault_rate"] and rng.random() < cfg["fault_rate"]:
+            if self.k <= cfg["fail_first"]:
+                fault = cfg["faults"][(self.k - 1) % len(cfg["faults"])]
+            elif cfg["fault_rate"] and rng.random() < cfg["fault_rate"]:
                 fault = rng.choice(cfg["faults"])
             return cfg, fault
 
