@@ -94,7 +94,11 @@ local function strict(t, known, prefix)
   return setmetatable(t, {
     __index = function(_, k)
       if known[k] == nil then
-        error(core.error{kind = "config",
+        -- `where` names the recipe line that read the setting, not this function.
+        local info = debug.getinfo(2, "Sl")
+        local where = info and info.currentline > 0
+                      and ("%s:%d: "):format(info.short_src, info.currentline) or "rlhost: "
+        error(core.error{kind = "config", where = where,
                          message = ("no setting '%s%s' in this recipe's config%s")
                            :format(prefix, tostring(k), suggest(tostring(k), known))}, 2)
       end
