@@ -159,6 +159,9 @@ static void run_child(const sandbox_params *p, const char *const *argv, const ch
     setpgid(0, 0);
     if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
         _exit(127);
+    /* The middle and init never exec, so close-on-exec does not help them: the
+     * host's end of the stdin pipe must go now or the program never sees EOF. */
+    close_from(3, st);
     signal(SIGINT, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
     sigset_t none;
