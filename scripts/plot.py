@@ -148,7 +148,8 @@ def plot_report(report: str, out: str | None) -> str:
     for mi, m in enumerate(models):
         means, errs, xs = [], [], []
         for si, s in enumerate(scorers):
-            r = next((r for r in rows if str(r.get("model", "")) == m and str(r.get("scorer", "")) == s), None)
+            r = next((r for r in rows
+                      if str(r.get("model", "")) == m and str(r.get("scorer", "")) == s), None)
             if r is None or r.get("mean") is None:
                 continue
             xs.append(si + mi * width - 0.4 + width / 2)

@@ -352,7 +352,7 @@ function Run:_end_step()
               or interrupted
   if due then self:checkpoint() end
   self:_progress(rec, step_secs)
-  if interrupted then
+  if interrupted and k ~= self.total then  -- on the last step the run is complete anyway
     self:_end_line()
     error(core.error{kind = "interrupted", where = "rlhost: ",
                      message = ("interrupted after step %d; checkpoint %s/ckpt-%d written "
