@@ -642,12 +642,6 @@ int luaopen_rl_cmodel(lua_State *L)
     lua_setfield(L, -2, "methods"); /* lua/rl/model.lua adds the friendly methods here */
     lua_pushcfunction(L, m_open);
     lua_setfield(L, -2, "open");
-#if defined(__SANITIZE_ADDRESS__)
-    lua_pushboolean(L, 1);
-#else
-    lua_pushboolean(L, 0);
-#endif
-    lua_setfield(L, -2, "sanitized"); /* tests skip the embedded torch under ASan */
     lua_pushcfunction(L, m_python_started);
     lua_setfield(L, -2, "python_started");
     return 1;

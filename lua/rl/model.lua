@@ -168,5 +168,4 @@ end
 
 M.methods = methods
 M.python_started = C.python_started
-M.sanitized = C.sanitized
 return M
