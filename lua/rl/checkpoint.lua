@@ -146,7 +146,7 @@ local function restore_into(t, v)
   if type(v) == "table" then for k, x in pairs(v) do t[k] = x end end
 end
 
--- write(dir, step, parts) -> path. parts = {models={{name, obj}...},
+-- write(dir, step, parts) -> path, bytes. parts = {models={{name, obj}...},
 -- cursors={{name, obj}...}, tables={{name, table}...}} in a fixed order.
 function M.write(dir, step, parts)
   local pid = fs.getpid()
@@ -188,7 +188,9 @@ function M.write(dir, step, parts)
     fs.remove(old)
   end
   fs.rename(tmp, final)
-  return final
+  local bytes = 0
+  for _, f in ipairs(files) do bytes = bytes + f.size end
+  return final, bytes
 end
 
 -- restore(c, parts): load a checkpoint found by latest() into the registered

@@ -339,10 +339,4 @@ end
 -- Score with any scorer the way a chain does (used by rl.eval too).
 M.call_score = call_score
 
--- A chain is also callable as a scorer function over one sample.
-Chain.__call = function(self, sample)
-  local r, info = self:score({sample})
-  return r[1], info[1] and info[1].message
-end
-
 return M

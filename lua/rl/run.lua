@@ -137,6 +137,9 @@ function M.run(opts)
   end
   self.seed = self.seed or 0
   if math.type(self.seed) ~= "integer" then config_error("rl.run: seed must be an integer") end
+  -- Seeded here, not in steps(): a recipe may still seed after rl.run{} as it likes;
+  -- a resumed run replaces this state with the checkpoint's.
+  math.randomseed(self.seed)
   local old_text = ckpt.read(self.dir .. "/config.json")
   local has_run = old_text or fs.stat(self.dir .. "/metrics.jsonl") or #ckpt.list(self.dir) > 0
   if has_run and not self.resume and not opts.overwrite then
@@ -246,8 +249,6 @@ function Run:_start()
   if found then
     ckpt.restore(found, self.parts, warn)  -- may raise (another model): nothing written yet
     self.step = found.step
-  else
-    math.randomseed(self.seed)
   end
   -- From here on the directory is ours to write.
   fs.mkdir(self.dir)
@@ -326,8 +327,20 @@ function Run:checkpoint()
     self.metrics:flush()
     fs.fsync(self:path("metrics.jsonl"))
   end
-  local path = ckpt.write(self.dir, self.step, self.parts)
+  local t0 = fs.monotonic()
+  if self.ckpt_bytes then
+    local ok, free = pcall(fs.free_space, self.dir)
+    if ok and free < self.ckpt_bytes * 1.1 then
+      warn(("%s has %d MiB free; the last checkpoint took %d MiB")
+        :format(self.dir, free >> 20, self.ckpt_bytes >> 20))
+    end
+  end
+  local path, bytes = ckpt.write(self.dir, self.step, self.parts)
+  self.ckpt_bytes = bytes
   self.last_ckpt = self.step
+  -- A checkpoint happens after its step's metrics line: its time shows in the
+  -- next step's time.checkpoint.
+  self.ckpt_secs = (self.ckpt_secs or 0) + (fs.monotonic() - t0)
   ckpt.prune(self.dir, self.keep_last)
   return path
 end
@@ -339,6 +352,7 @@ function Run:_end_step()
   local step_secs = fs.monotonic() - self.t_step
   local times = {}
   for ph, v in pairs(self.times) do times[ph] = v end
+  if self.ckpt_secs then times.checkpoint, self.ckpt_secs = self.ckpt_secs, nil end
   times.step = step_secs
   times.elapsed = fs.monotonic() - self.t_start
   self.times = {}
