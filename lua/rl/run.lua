@@ -16,7 +16,9 @@
 --   checkpoint_every  checkpoint every k steps (besides the last step and a SIGINT)
 --   keep_last         keep only the newest k checkpoints (default: all)
 --   total             steps, when run:steps() is called without a number
---   allow_config_change  resume even though config.json differs (else a config error)
+--   allow_config_change  resume even though config.json differs (else a config
+--                     error); or a list of keys that may differ, e.g. {"steps"} to
+--                     extend a finished run
 --   overwrite         start afresh in a directory that holds an earlier run
 --   plot              write metrics.png with scripts/plot.py at the end (default true)
 --   seed              math.random is seeded with it when the run starts afresh
@@ -149,8 +151,20 @@ function M.run(opts)
   if old_text and self.resume then
     local ok, old = pcall(json.decode, old_text)
     local diffs = ok and config_diff(old, self.config) or {"config.json is not valid JSON"}
+    local allow = opts.allow_config_change
+    if type(allow) == "table" then  -- a list of keys that may change (e.g. {"steps"})
+      local may, kept = {}, {}
+      for _, k in ipairs(allow) do may[k] = true end
+      for _, d in ipairs(diffs) do
+        if not may[d:match("^([^:]+):")] then kept[#kept + 1] = d end
+      end
+      if #kept < #diffs then
+        note(("config changed where allowed: %s"):format(table.concat(diffs, "; ")))
+      end
+      diffs, allow = kept, false
+    end
     if #diffs > 0 then
-      if not opts.allow_config_change then
+      if not allow then
         config_error("%s was run with another config; resume refused (pass allow_config_change"
                      .. "=true to override):\n  %s", self.dir, table.concat(diffs, "\n  "))
       end

@@ -23,6 +23,7 @@ t.write(recipe, ([[
 local rl = require "rl"
 local cfg = rl.config{steps = 6, every = 2, lr = 0.5, dir = "", keep = 0}
 local run = rl.run{dir = cfg.dir, resume = true, checkpoint_every = cfg.every,
+                   allow_config_change = {"steps"},
                    keep_last = cfg.keep > 0 and cfg.keep or nil, plot = false,
                    progress_every = 1}
 local size = tonumber(os.getenv("MODEL_SIZE") or "3")
@@ -166,9 +167,7 @@ t.test("a corrupt newest checkpoint is skipped with a warning", function()
   local p = dir .. "/ckpt-4/model/weights.json"
   local s = t.slurp(p)
   t.write(p, (s:gsub("%d", "7", 1)))
-  local st, _, err = host(dir, {"steps=6"}, "")
-  t.eq(st, 2)  -- the config changed: steps
-  st, _, err = host(dir, {"steps=4"})
+  local st, _, err = host(dir, {"steps=4"})
   t.eq(st, 0, err)
   t.match(err, "skipping checkpoint .*ckpt%-4: model/weights.json does not match its SHA%-256")
   t.match(err, "from ckpt%-2")
@@ -176,6 +175,16 @@ t.test("a corrupt newest checkpoint is skipped with a warning", function()
   rl.fs.remove(dir .. "/ckpt-4/manifest.json")
   local _, why = rl.checkpoint.verify(dir .. "/ckpt-4")
   t.match(why, "no manifest")
+end)
+
+t.test("keys listed in allow_config_change may differ: a finished run is extended", function()
+  local dir = root .. "/extend"
+  t.eq((host(dir, {"steps=4"})), 0)
+  local st, _, err = host(dir, {"steps=6"})
+  t.eq(st, 0, err)
+  t.match(err, "config changed where allowed: steps: 4 %-> 6")
+  t.eq(metrics(dir), metrics(ref))
+  t.eq(rl.json.decode(t.slurp(dir .. "/config.json")).steps, 6)
 end)
 
 t.test("keep_last prunes old checkpoints", function()
