@@ -178,4 +178,33 @@ print(fb:stats().fallbacks)
   t.eq(n, 1); t.match(err, "gen: policy failed %(crash: worker died%)")
 end)
 
+-- With a real model handle: its worker killed, rl.generate over the chain gets the
+-- teacher's samples (marked off-policy); the next call has the policy back.
+local have_engine = pcall(require, "rl.model") and rl.fs.stat((rl.home or ".") .. "/.venv/bin/python")
+if not have_engine then
+  t.skip("a crashed policy worker falls back to the teacher through rl.generate", "no engine here")
+else
+  t.test("a crashed policy worker falls back to the teacher through rl.generate", function()
+    local m <close> = rl.model{path = "builtin:tiny", transport = "worker", device = "cpu", threads = 1, seed = 1}
+    local teacher = {}
+    function teacher:generate(prompts, opts)
+      local out = {}
+      for _, p in ipairs(prompts) do
+        for j = 1, opts.n do out[#out + 1] = {text = "t" .. j, version = nil} end
+      end
+      return out
+    end
+    local fb = quiet_chain{m, teacher, names = {"policy", "teacher"}}
+    local _, pid = m:_transport()
+    os.execute("kill -9 " .. pid)
+    rl.fs.sleep(0.1)
+    local s = rl.generate(fb, {{prompt = "ab", id = 7}}, {n = 2, max_tokens = 3})
+    t.eq(#s, 2); t.eq(s[1].source, "teacher"); t.eq(s[1].off_policy, true); t.eq(s[1].id, 7)
+    t.eq(fb:stats().failures.crash, 1)
+    local s2 = rl.generate(fb, {"cd"}, {n = 2, max_tokens = 3})
+    t.eq(s2[1].source, "policy"); t.eq(s2[1].off_policy, nil)
+    t.ok(type(s2[1].ids) == "table", "policy samples carry token ids")
+  end)
+end
+
 t.done()
