@@ -83,9 +83,12 @@ function M.verify(path)
     local st = fs.stat(p)
     if not st or st.type ~= "file" then return nil, ("%s is missing"):format(f.path) end
     if st.size ~= f.size then
-      return nil, ("%s has %d bytes, the manifest says %s"):format(f.path, st.size, tostring(f.size))
+      return nil, ("%s has %d bytes, the manifest says %s")
+        :format(f.path, st.size, tostring(f.size))
     end
-    if fs.sha256(p) ~= f.sha256 then return nil, ("%s does not match its SHA-256"):format(f.path) end
+    if fs.sha256(p) ~= f.sha256 then
+      return nil, ("%s does not match its SHA-256"):format(f.path)
+    end
     if f.path == "state.json" then has_state = true end
   end
   if not has_state then return nil, "state.json is missing" end
@@ -179,7 +182,8 @@ function M.write(dir, step, parts)
   fs.fsync_tree(tmp)
   delay()
   fs.write(tmp .. "/manifest.json",
-           json.encode({format = M.FORMAT, step = step, files = files}, {sort_keys = true, indent = true}) .. "\n")
+           json.encode({format = M.FORMAT, step = step, files = files},
+                       {sort_keys = true, indent = true}) .. "\n")
   delay()
   local final = ("%s/ckpt-%d"):format(dir, step)
   if fs.stat(final) then  -- a corrupt leftover of an earlier attempt at this step
@@ -210,7 +214,11 @@ function M.restore(c, parts, warn)
   end
   for _, p in ipairs(parts.cursors or {}) do
     local s = st.cursors and st.cursors[p[1]]
-    if s then p[2]:set_state(s) else warn(("checkpoint %s has no cursor for '%s'"):format(c.path, p[1])) end
+    if s then
+      p[2]:set_state(s)
+    else
+      warn(("checkpoint %s has no cursor for '%s'"):format(c.path, p[1]))
+    end
   end
   for _, p in ipairs(parts.tables or {}) do
     local s = st.tables and st.tables[p[1]]

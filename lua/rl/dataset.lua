@@ -212,7 +212,9 @@ function Dataset:shard(rank, world)
   end
   local rows = {}
   for i = rank + 1, #self.rows, world do rows[#rows + 1] = self.rows[i] end
-  if #rows == 0 then config_error("dataset %s: shard %d of %d is empty", tostring(self.name), rank, world) end
+  if #rows == 0 then
+    config_error("dataset %s: shard %d of %d is empty", tostring(self.name), rank, world)
+  end
   local fp = self.fingerprint and (self.fingerprint .. ("/%d/%d"):format(rank, world))
   return new(rows, self._opts, ("%s[%d/%d]"):format(tostring(self.name), rank, world), fp)
 end

@@ -124,7 +124,8 @@ function M.run(opts)
     local data = opts.data
     if type(data) == "table" and data.all then rows = data:all() else rows = data end
     if type(rows) ~= "table" then
-      error(core.error{kind = "config", message = "rl.eval.run: data must be a dataset or a list"}, 2)
+      error(core.error{kind = "config",
+                       message = "rl.eval.run: data must be a dataset or a list"}, 2)
     end
     if opts.limit and #rows > opts.limit then rows = batch.slice(rows, 1, opts.limit) end
     local gen = batch.copy(opts.gen or {})
@@ -193,12 +194,14 @@ function M.markdown(rows, title)
   sep[#sep] = "---"
   lines[#lines + 1] = "| " .. table.concat(sep, " | ") .. " |"
   for _, r in ipairs(rows) do
-    local cells = {r.model or "", r.scorer or "",
-                   r.mean and (fmt(r.mean) .. (r.stderr and (" ± " .. fmt(r.stderr)) or "")) or "–",
+    local mean = r.mean and (fmt(r.mean) .. (r.stderr and (" ± " .. fmt(r.stderr)) or "")) or "–"
+    local cells = {r.model or "", r.scorer or "", mean,
                    tostring(r.scored or 0), tostring(r.missing or 0)}
     for _, k in ipairs(klist) do cells[#cells + 1] = fmt(r.pass_at and r.pass_at[tostring(k)]) end
     local src = {}
-    for _, s in ipairs(batch.sorted_keys(r.sources or {})) do src[#src + 1] = s .. " " .. r.sources[s] end
+    for _, s in ipairs(batch.sorted_keys(r.sources or {})) do
+      src[#src + 1] = s .. " " .. r.sources[s]
+    end
     cells[#cells + 1] = table.concat(src, ", ")
     lines[#lines + 1] = "| " .. table.concat(cells, " | ") .. " |"
   end

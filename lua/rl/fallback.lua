@@ -19,7 +19,9 @@
 -- Provenance: every sample gets `source` (the member's name) and `off_policy=true`
 -- when it did not come from the first member (the policy); every info[i] gets
 -- `source` (and `fallback=true` when not from the first scorer). chain:stats()
--- returns the counts for the metrics. Nil members (`teacher and judge`) are skipped,
+-- returns the counts for the metrics. The breaker reads a clock, so which member
+-- serves a call can depend on time: exact resume holds while no member fails.
+-- Nil members (`teacher and judge`) are skipped,
 -- so a chain can be written with optional parts.
 local core = require "rl.core"
 
@@ -143,8 +145,10 @@ function Chain:_failed(i, kind)
     local t = self.clock()
     if not (st.open_until and t < st.open_until) then
       s.breaker_trips = s.breaker_trips + 1
-      if not self.quiet then io.stderr:write(("rlhost: %s: %s failed %d times in a row; skipping it for %gs\n")
-        :format(self.name, nm, st.fails, self.cooldown)) end
+      if not self.quiet then
+        io.stderr:write(("rlhost: %s: %s failed %d times in a row; skipping it for %gs\n")
+          :format(self.name, nm, st.fails, self.cooldown))
+      end
     end
     st.open_until = t + self.cooldown
   end
@@ -204,7 +208,8 @@ function Chain:generate(prompts, opts)
       self:_succeeded(i)
       if type(res) ~= "table" then
         error(core.error{kind = "internal",
-                         message = ("%s: %s returned %s instead of samples"):format(self.name, nm, type(res))}, 2)
+                         message = ("%s: %s returned %s instead of samples")
+                           :format(self.name, nm, type(res))}, 2)
       end
       local count = mark(res, nm, i > 1)
       s.samples[nm] = s.samples[nm] + count

@@ -73,7 +73,11 @@ local function flatten(t, prefix, out)
   if type(t) ~= "table" then out[prefix] = json.encode(t); return out end
   for k, v in pairs(t) do
     local key = prefix == "" and tostring(k) or (prefix .. "." .. tostring(k))
-    if type(v) == "table" and next(v) ~= nil then flatten(v, key, out) else out[key] = json.encode(v) end
+    if type(v) == "table" and next(v) ~= nil then
+      flatten(v, key, out)
+    else
+      out[key] = json.encode(v)
+    end
   end
   return out
 end
@@ -384,7 +388,8 @@ function Run:_end_step()
     self:_end_line()
     error(core.error{kind = "interrupted", where = "rlhost: ",
                      message = ("interrupted after step %d; checkpoint %s/ckpt-%d written "
-                                .. "(run again with resume=true to continue)"):format(k, self.dir, k)}, 0)
+                                .. "(run again with resume=true to continue)")
+                       :format(k, self.dir, k)}, 0)
   end
 end
 
