@@ -427,8 +427,11 @@ static void exchange(lua_State *L, Model *m, int idx, const char *op, double tim
     lua_getfield(L, reply, "ok");
     int ok = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    if (!ok)
+    if (!ok) {
+        if (!m->open)
+            drop_worker(m); /* a failed load must not leave a worker waiting for the GC */
         raise_engine_error(L, reply, op);
+    }
     lua_pushnil(L);
     lua_setfield(L, reply, "id");
     lua_pushnil(L);

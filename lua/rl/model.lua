@@ -5,6 +5,15 @@
 --   local stats = m:train_step(samples, { loss = "pg", advantages = adv, clip = 1.0 })
 --   trainer:sync(generator)            -- trainer's weights into the generator
 --
+-- Transports: "embedded" (default: the engine in this process's Python) or "worker"
+-- (a child process per handle). `timeout` (seconds, per request; a call's own
+-- `timeout` option overrides it) applies to workers only: an in-process call cannot
+-- be cut short. A worker past its deadline is stopped (kind="timeout"); a worker that
+-- dies fails the call (kind="crash"). Either way the next call starts a new worker
+-- with the original load options: what the old one held since (trained or synced
+-- weights, optimizer state, version) is lost, so sync a generator again, and
+-- info().restarts says it happened.
+--
 -- The C handle carries requests to the engine (scripts/PROTOCOL.md) over the chosen
 -- transport; the methods here shape them. Option names and values are checked by the
 -- engine, which names the field at fault (kind="config"); a bad request leaves the

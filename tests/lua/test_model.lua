@@ -30,17 +30,22 @@ local function my_pid()
   return tonumber(s:match("^(%d+)"))
 end
 
--- Children of this process in state Z (zombies).
-local function zombies()
+-- Children of this process (all, or those in state Z), leaving out the shell and cat
+-- that read /proc for us.
+local function children(state_wanted)
   local me, out = my_pid(), {}
   local p = io.popen("cat /proc/[0-9]*/stat 2>/dev/null")
   for line in p:lines() do
-    local pid, state, ppid = line:match("^(%d+) %(.-%) (%a) (%d+)")
-    if pid and tonumber(ppid) == me and state == "Z" then out[#out + 1] = pid end
+    local pid, comm, state, ppid = line:match("^(%d+) %((.-)%) (%a) (%d+)")
+    if pid and tonumber(ppid) == me and comm ~= "sh" and comm ~= "cat"
+       and (not state_wanted or state == state_wanted) then
+      out[#out + 1] = pid
+    end
   end
   p:close()
   return out
 end
+local function zombies() return children("Z") end
 
 local function alive(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
@@ -106,6 +111,7 @@ t.test("a missing model directory is a config error naming it", function()
   local e = err_of(rl.model, opts { path = "/nonexistent/model-dir", transport = "worker" })
   t.eq(e.kind, "config")
   t.match(e.message, "/nonexistent/model%-dir")
+  t.eq(#children(), 0, "the worker of a failed load is gone at once")
 end)
 
 -- The two transports, each loaded with the same options.
