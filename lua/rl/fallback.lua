@@ -115,8 +115,14 @@ function Chain:stats(opts)
   for i, nm in ipairs(self.names) do
     open[nm] = self.state[i].open_until ~= nil and t < self.state[i].open_until
   end
+  local json = require "rl.json"
   local out = require("rl.batch").copy(s, true)
   out.open = open
+  -- maps stay JSON objects in metrics even when empty (a failure-free source)
+  for _, k in ipairs{"samples", "failures", "skipped", "open", "failures_by_source"} do
+    json.object(out[k])
+  end
+  for _, v in pairs(out.failures_by_source) do json.object(v) end
   if opts and opts.reset then self:reset_stats() end
   return out
 end
