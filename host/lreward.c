@@ -11,25 +11,27 @@
 #define RE_MT "rl.rewards.regex"
 #define SBOX_MT "rl.rewards.sandbox_box"
 
-static int flags_of(lua_State *L, int idx)
+/* {ignore_case=false, strip=true}: strip trims both ends and collapses whitespace
+ * runs, which is what "the same answer" means for generated text. */
+static int flags_of(lua_State *L, int idx, int strip_default)
 {
-    int f = 0;
+    int f = strip_default ? RW_SPACE : 0;
     if (lua_istable(L, idx)) {
-        if (lua_getfield(L, idx, "case") != LUA_TNIL && !lua_toboolean(L, -1))
-            f |= RW_CASEFOLD; /* case = false: ignore case */
-        if (lua_getfield(L, idx, "space") != LUA_TNIL && !lua_toboolean(L, -1))
-            f |= RW_SPACE; /* space = false: whitespace differences do not count */
+        if (lua_getfield(L, idx, "ignore_case") != LUA_TNIL && lua_toboolean(L, -1))
+            f |= RW_CASEFOLD;
+        if (lua_getfield(L, idx, "strip") != LUA_TNIL)
+            f = lua_toboolean(L, -1) ? (f | RW_SPACE) : (f & ~RW_SPACE);
         lua_pop(L, 2);
     }
     return f;
 }
 
-/* exact(text, expected [, {case=false, space=false}]) -> 0|1 */
+/* exact(text, expected [, {ignore_case=, strip=}]) -> 0|1 */
 static int l_exact(lua_State *L)
 {
     size_t n, m;
     const char *a = luaL_checklstring(L, 1, &n), *b = luaL_checklstring(L, 2, &m);
-    lua_pushnumber(L, rewards_exact(a, n, b, m, flags_of(L, 3)));
+    lua_pushnumber(L, rewards_exact(a, n, b, m, flags_of(L, 3, 1)));
     return 1;
 }
 
@@ -40,7 +42,7 @@ static int l_contains(lua_State *L)
     const char *t = luaL_checklstring(L, 1, &n);
     luaL_checktype(L, 2, LUA_TTABLE);
     int k = (int)luaL_len(L, 2);
-    int c = 0, f = flags_of(L, 3);
+    int c = 0, f = flags_of(L, 3, 0);
     for (int i = 1; i <= k; i++) {
         lua_rawgeti(L, 2, i);
         size_t l;
@@ -73,7 +75,7 @@ static int rx_match(lua_State *L)
 static int l_regex(lua_State *L)
 {
     const char *pat = luaL_checkstring(L, 1);
-    int f = flags_of(L, 2);
+    int f = flags_of(L, 2, 0);
     rewards_regex *r = lua_newuserdatauv(L, sizeof *r, 0);
     r->ok = 0;
     if (luaL_newmetatable(L, RE_MT)) {

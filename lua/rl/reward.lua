@@ -2,11 +2,12 @@
 -- sandbox host/sandbox.c) and rl.reward.mix. Each constructor returns an object with
 -- :score(samples, opts) -> rewards, info for rl.score.
 --
---   exact{expected=, case=true, space=true}      1 if the completion equals the
+--   exact{expected=, ignore_case=false, strip=true}  1 if the completion equals the
 --                                                expected answer (default:
---                                                sample.reference or sample.answer)
---   contains{any={..}} | {all={..}} | {fraction={..}}, case=true
---   regex{pattern=, case=true}                    POSIX extended; 1 on a match
+--                                                sample.reference or sample.answer);
+--                                                strip trims and collapses whitespace
+--   contains{any={..}} | {all={..}} | {fraction={..}}, ignore_case=false
+--   regex{pattern=, ignore_case=false}            POSIX extended; 1 on a match
 --   length{target=, unit="chars"|"words"|"tokens", tolerance=0, scale=target,
 --          shape="linear"|"quadratic"|"gaussian"|"step", side="both"|"max"|"min"}
 --   json{required={..}}                           valid JSON (and keys)
@@ -171,7 +172,7 @@ function M.run(opts)
       if r.reason == "setup" then return nil, { kind = "internal", message = r.detail } end
       local ok = r.reason == "ok"
       if ok and t.stdout then
-        ok = R.exact(r.stdout, t.stdout, { space = false })
+        ok = R.exact(r.stdout, t.stdout, { strip = true })
         if ok == 0 then ok = false end
         if not ok and not first then first = { reason = "wrong_output", detail = "output differs", r = r } end
       end
