@@ -13,7 +13,8 @@
 --   eps        added to the std (default 1e-6).
 --   skip_zero_var  groups whose rewards are all equal carry no signal: their
 --              samples get nil (no gradient) instead of 0.
---   n          number of samples when the rewards list ends in nils.
+--   n          number of samples (default: rewards.n, else the largest index
+--              rounded up to whole groups, which handles a list ending in nils).
 --
 -- A nil reward (could not be had) is left out of the group's statistics and its
 -- sample gets a nil advantage, which the engine treats as "no gradient". A group
@@ -34,8 +35,15 @@ local NORMALIZE = {std = true, mean = true, none = true}
 function M.advantages(rewards, opts)
   opts = opts or {}
   if type(rewards) ~= "table" then value_error("rewards must be a list, got %s", type(rewards)) end
+  local explicit = opts.n or (math.type(rewards.n) == "integer" and rewards.n)
   local n = batch.len(rewards, opts.n)
   local group = opts.group or n
+  if not explicit and math.type(group) == "integer" and group > 0 and n % group ~= 0 then
+    -- rewards from rl.score may end in nils, which `#` and the largest key do not
+    -- see; the real count is a whole number of groups, and the missing tail gets
+    -- nil advantages either way.
+    n = (n // group + 1) * group
+  end
   local baseline = opts.baseline or "group"
   local normalize = opts.normalize or "std"
   local eps = opts.eps or 1e-6

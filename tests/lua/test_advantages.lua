@@ -37,6 +37,11 @@ t.test("nil rewards are left out of baselines and get nil advantages", function(
   -- trailing nils with r.n
   local adv2, info2 = rl.advantages({1, 0, n = 4}, {group = 2, normalize = "mean"})
   near(adv2[1], 0.5); t.eq(adv2[3], nil); t.eq(info2.missing, 2)
+  -- without n: a list from rl.score ending in nils is rounded up to whole groups
+  local r3 = {}
+  r3[1], r3[2], r3[3], r3[4], r3[5] = 1, 0, 1, 0, 1  -- 6 samples, the last nil
+  local adv3, info3 = rl.advantages(r3, {group = 3, normalize = "mean"})
+  t.eq(info3.n, 6); t.eq(adv3[6], nil); near(adv3[4], -1 / 2 - 0.0); near(adv3[5], 0.5)
 end)
 
 t.test("zero-variance groups are reported, and skipped when asked", function()
@@ -52,7 +57,7 @@ t.test("zero-variance groups are reported, and skipped when asked", function()
 end)
 
 t.test("bad input raises kind=value naming the problem", function()
-  local e = t.raises(function() rl.advantages({1, 2, 3}, {group = 2}) end, "groups of 2")
+  local e = t.raises(function() rl.advantages({1, 2, 3}, {group = 2, n = 3}) end, "groups of 2")
   t.eq(e.kind, "value")
   t.raises(function() rl.advantages({1, "x"}) end, "reward 2")
   t.raises(function() rl.advantages({1, 2}, {baseline = "ema"}) end, "baseline")
