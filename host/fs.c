@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -483,6 +484,26 @@ int fs_stat(const char *path, fs_info *out, char *err, size_t errlen)
     else
         out->kind = FS_OTHER;
     out->size = (uint64_t)st.st_size;
+    return 0;
+}
+
+int fs_lock(const char *path, int *fd, char *err, size_t errlen)
+{
+    *fd = -1;
+    int f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (f < 0)
+        return SYSFAIL("cannot open lock file", path);
+    while (flock(f, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EINTR)
+            continue;
+        int e = errno;
+        close(f);
+        if (e == EWOULDBLOCK)
+            return 1;
+        errno = e;
+        return SYSFAIL("cannot lock", path);
+    }
+    *fd = f;
     return 0;
 }
 

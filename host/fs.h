@@ -75,6 +75,12 @@ typedef struct fs_info {
 } fs_info;
 int fs_stat(const char *path, fs_info *out, char *err, size_t errlen);
 
+/* Take an exclusive advisory lock (flock) on path, creating the file if needed, so
+ * two processes cannot write one run directory at once. 0: locked, *fd holds it
+ * (close it, or exit, to release: the kernel drops it even on SIGKILL); 1: another
+ * process holds it; -1: error. */
+int fs_lock(const char *path, int *fd, char *err, size_t errlen);
+
 /* Bytes available to an unprivileged user on the filesystem holding path. */
 int fs_free_space(const char *path, uint64_t *bytes, char *err, size_t errlen);
 

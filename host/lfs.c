@@ -12,6 +12,7 @@
 #include "lrl.h"
 
 #define LIST_MT "rl.fs.list"
+#define LOCK_MT "rl.fs.lock"
 
 static int io_error(lua_State *L, const char *err)
 {
@@ -202,7 +203,68 @@ static int l_getpid(lua_State *L)
     return 1;
 }
 
+typedef struct Lock {
+    int fd; /* -1 once released */
+} Lock;
+
+static int lock_release(lua_State *L)
+{
+    Lock *k = luaL_checkudata(L, 1, LOCK_MT);
+    if (k->fd >= 0) {
+        close(k->fd);
+        k->fd = -1;
+    }
+    return 0;
+}
+
+static int lock_tostring(lua_State *L)
+{
+    Lock *k = luaL_checkudata(L, 1, LOCK_MT);
+    lua_pushstring(L, k->fd >= 0 ? "rl.fs.lock (held)" : "rl.fs.lock (released)");
+    return 1;
+}
+
+static const luaL_Reg lock_methods[] = {
+    {"release", lock_release},
+    {NULL, NULL},
+};
+
+/* rl.fs.lock(path) -> lock | nil, "busy": an exclusive flock held until
+ * lock:release(), the lock is collected or closed, or the process ends. */
+static int l_lock(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    /* The handle exists (closed) before the fd does, so nothing can raise between
+     * opening the fd and handing it to the collector. */
+    Lock *k = lua_newuserdatauv(L, sizeof *k, 0);
+    k->fd = -1;
+    if (luaL_newmetatable(L, LOCK_MT)) {
+        lua_pushcfunction(L, lock_release);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, lock_release);
+        lua_setfield(L, -2, "__close");
+        lua_pushcfunction(L, lock_tostring);
+        lua_setfield(L, -2, "__tostring");
+        luaL_newlib(L, lock_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_setmetatable(L, -2);
+    char err[1024];
+    int fd;
+    int rc = fs_lock(path, &fd, err, sizeof err);
+    if (rc < 0)
+        return io_error(L, err);
+    if (rc == 1) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "busy");
+        return 2;
+    }
+    k->fd = fd;
+    return 1;
+}
+
 static const luaL_Reg fs_funcs[] = {
+    {"lock", l_lock},
     {"write", l_write},
     {"mkdir", l_mkdir},
     {"fsync", l_fsync},

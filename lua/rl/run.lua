@@ -268,8 +268,13 @@ function Run:_start()
     ckpt.restore(found, self.parts, warn)  -- may raise (another model): nothing written yet
     self.step = found.step
   end
-  -- From here on the directory is ours to write.
+  -- From here on the directory is ours to write, and only ours: a second process
+  -- appending to the same metrics and checkpoints would corrupt both.
   fs.mkdir(self.dir)
+  self.lock = fs.lock(self:path(".lock"))
+  if not self.lock then
+    config_error("%s is in use by another rlhost process (its .lock is held)", self.dir)
+  end
   if self.opts.overwrite and not self.resume then
     for _, c in ipairs(ckpt.list(self.dir)) do fs.remove(c.path) end
     fs.remove(self:path("metrics.jsonl"))
@@ -399,6 +404,11 @@ function Run:_finish()
   self:_end_line()
   if self.metrics then self.metrics:close(); self.metrics = nil end
   if self.opts.plot ~= false then self:plot() end
+  if self.lock then self.lock:release(); self.lock = nil end
+  if self.opts.progress ~= false then
+    note(("run %s: %d steps done; metrics in %s"):format(self.dir, self.step,
+                                                          self:path("metrics.jsonl")))
+  end
 end
 
 -- Run scripts/plot.py with the project's .venv Python. Returns true, or false

@@ -155,6 +155,15 @@ static void test_rename_durable(void)
     CHECK(fs_write_atomic(f, "n", 1, 0644, err, sizeof err) == 0);
     CHECK(fs_rename_durable(a, b, err, sizeof err) == -1);
     CHECK(strstr(err, "ckpt-1") != NULL);
+    /* a lock is exclusive until released */
+    char lk[512];
+    int fd1 = -1, fd2 = -1;
+    snprintf(lk, sizeof lk, "%s/.lock", root);
+    CHECK(fs_lock(lk, &fd1, err, sizeof err) == 0 && fd1 >= 0);
+    CHECK(fs_lock(lk, &fd2, err, sizeof err) == 1 && fd2 == -1);
+    close(fd1);
+    CHECK(fs_lock(lk, &fd2, err, sizeof err) == 0 && fd2 >= 0);
+    close(fd2);
     uint64_t freeb = 0;
     CHECK(fs_free_space(root, &freeb, err, sizeof err) == 0 && freeb > 0);
 }

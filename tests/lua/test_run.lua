@@ -251,6 +251,35 @@ t.test("the first SIGINT finishes the step, checkpoints, exits 130; resume compl
   t.eq(n, 40)
 end)
 
+t.test("two processes cannot run in one directory at once", function()
+  local dir = root .. "/locked"
+  local script = ("STEP_SLEEP=0.05 %s %s dir=%s steps=30 >/dev/null 2>&1 & pid=$!; "
+                  .. "while [ ! -s %s/metrics.jsonl ]; do sleep 0.02; done; "
+                  .. "%s %s dir=%s steps=30 2>&1; echo status=$?; kill -9 $pid; wait $pid 2>/dev/null")
+    :format(t.shquote(t.host), t.shquote(recipe), t.shquote(dir), t.shquote(dir),
+            t.shquote(t.host), t.shquote(recipe), t.shquote(dir))
+  local p = io.popen(script)
+  local out = p:read("a")
+  p:close()
+  t.match(out, "in use by another rlhost process")
+  t.match(out, "status=2")
+  -- the kernel dropped the killed holder's lock: resuming works
+  local st, _, err = host(dir, {"steps=30"})
+  t.eq(st, 0, err)
+end)
+
+t.test("without Python the plots are skipped with a note", function()
+  local dir = root .. "/noplot"
+  t.write(root .. "/noplot.lua", ([[
+local rl = require "rl"
+local run = rl.run{dir = %q}
+for _ in run:steps(2) do run:log{reward = 1} end
+]]):format(dir))
+  local st, _, err = t.rlhost({root .. "/noplot.lua"}, {env = "RLHOST_VENV=/nonexistent"})
+  t.eq(st, 0, err)
+  t.match(err, "plots skipped: no /nonexistent/bin/python")
+end)
+
 t.test("a fresh run in a used directory needs resume or overwrite", function()
   t.write(root .. "/fresh.lua", ([[
 local rl = require "rl"
