@@ -19,7 +19,7 @@ local function reward(text)
   return k / #text
 end
 
-local t0 = rl.fs.monotonic()
+local t0, c0 = rl.fs.monotonic(), os.clock()
 local loss_sum, tokens = 0.0, 0
 for s = 0, cfg.steps - 1 do
   local prompts = {}
@@ -40,6 +40,6 @@ for s = 0, cfg.steps - 1 do
   loss_sum = loss_sum + st.loss
   tokens = tokens + st.tokens
 end
-local secs = rl.fs.monotonic() - t0
-print(rl.json.encode { loop_s = secs, loss_sum = loss_sum, tokens = tokens, steps = cfg.steps,
-                       transport = cfg.transport })
+local secs, cpu = rl.fs.monotonic() - t0, os.clock() - c0
+print(rl.json.encode { loop_s = secs, cpu_s = cpu, loss_sum = loss_sum, tokens = tokens,
+                       steps = cfg.steps, transport = cfg.transport })

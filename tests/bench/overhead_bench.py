@@ -6,6 +6,7 @@ process, alternating, best of --repeat. Prints one JSON object for tests/bench/r
 
   overhead_ratio      rlhost loop wall time / Python loop wall time (aim: <= 1.03)
   overhead_lua_s      best rlhost loop time;  overhead_python_s: best Python loop time
+  overhead_cpu_ratio  the same for CPU time of the driving process (steadier when busy)
   overhead_same_work  true when both loops produced the same sum of step losses
 
 Both loops time only the steps (after the model is loaded). The workload is defined in
@@ -44,7 +45,7 @@ def python_loop(steps: int, prompts: int, group: int, max_tokens: int, seed: int
         return r
 
     h = call({"id": 1, "op": "load", "path": "builtin:tiny", "seed": seed, "lr": lr})["model"]
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     loss_sum, tokens, rid = 0.0, 0, 1
     for s in range(steps):
         ps = [f"task {s}-{j}: " for j in range(prompts)]
@@ -67,8 +68,8 @@ def python_loop(steps: int, prompts: int, group: int, max_tokens: int, seed: int
         st = call({"id": rid, "op": "step", "model": h, "clip": 1.0})
         loss_sum += st["loss"]
         tokens += st["tokens"]
-    return {"loop_s": time.monotonic() - t0, "loss_sum": loss_sum, "tokens": tokens,
-            "steps": steps}
+    return {"loop_s": time.monotonic() - t0, "cpu_s": time.process_time() - c0,
+            "loss_sum": loss_sum, "tokens": tokens, "steps": steps}
 
 
 def last_json(out: str) -> dict:
@@ -113,6 +114,10 @@ def main() -> int:
         "overhead_lua_s": lua_best,
         "overhead_python_s": py_best,
         "overhead_steps": args.steps,
+        # CPU seconds of the driving process (all its threads): steadier than wall time
+        # on a busy machine. Not comparable for the worker, whose engine runs elsewhere.
+        "overhead_cpu_ratio": (min(r["cpu_s"] for r in lua_runs)
+                               / min(r["cpu_s"] for r in py_runs)),
         "overhead_same_work": all(r["loss_sum"] == py_runs[0]["loss_sum"]
                                   for r in py_runs + lua_runs + wrk_runs),
     }
