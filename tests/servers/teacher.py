@@ -88,6 +88,9 @@ def judge_answer(rule: str, prompt: str, unparsable: bool) -> str | None:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle on, the body waits for
+    # the client's delayed ACK (40 ms) and the server, not the client, sets the pace.
+    disable_nagle_algorithm = True
     server: "Server"
 
     def log_message(self, fmt, *args):  # quiet
