@@ -228,5 +228,29 @@ function M.restore(c, parts, warn)
   if st.random then random.set_state(st.random) end
 end
 
+-- find(path [, name]) -> directory, checkpoint: where model `name` (default
+-- "model") of a checkpoint is, for model:restore() in evaluation recipes. `path` is
+-- a checkpoint directory or a run directory (its newest complete checkpoint).
+function M.find(path, name)
+  name = name or "model"
+  local function cfg(msg, ...)
+    error(core.error{kind = "config", message = msg:format(...), where = "rlhost: "}, 0)
+  end
+  local st = fs.stat(path)
+  if not st or st.type ~= "dir" then cfg("no checkpoint or run directory at %s", path) end
+  local c
+  if fs.stat(path .. "/manifest.json") or path:match("ckpt%-%d+/?$") then
+    local man, why = M.verify(path)
+    if not man then cfg("checkpoint %s is not usable: %s", path, why) end
+    c = {path = path, step = man.step}
+  else
+    c = M.latest(path)
+    if not c then cfg("%s holds no complete checkpoint", path) end
+  end
+  local dir = c.path .. "/" .. name
+  if not fs.stat(dir) then cfg("checkpoint %s has no '%s'", c.path, name) end
+  return dir, c
+end
+
 M.reserved = RESERVED
 return M

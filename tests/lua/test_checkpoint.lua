@@ -102,6 +102,21 @@ t.test("restore() fills registered tables in place and restores cursors and the 
   t.eq(table.concat(rl.prompts(ds:next(3)), ","), table.concat(want_rows, ","))
 end)
 
+t.test("find() locates a model in a checkpoint or a run's newest one", function()
+  local dir = root .. "/find"
+  rl.fs.mkdir(dir)
+  local m = fake_model({1})
+  ck.write(dir, 1, {models = {{"model", m}}})
+  ck.write(dir, 2, {models = {{"model", m}}})
+  t.eq((ck.find(dir)), dir .. "/ckpt-2/model")
+  t.eq((ck.find(dir .. "/ckpt-1")), dir .. "/ckpt-1/model")
+  t.raises(function() ck.find(dir, "critic") end, "has no 'critic'")
+  t.raises(function() ck.find(root .. "/nowhere") end, "no checkpoint or run directory")
+  rl.fs.remove(dir .. "/ckpt-1/manifest.json")
+  local e = t.raises(function() ck.find(dir .. "/ckpt-1") end, "not usable: no manifest")
+  t.eq(e.kind, "config")
+end)
+
 t.test("state that JSON cannot hold is a value error and leaves no temp dir", function()
   local dir = root .. "/bad"
   rl.fs.mkdir(dir)
