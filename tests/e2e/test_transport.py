@@ -1,0 +1,79 @@
+"""End to end: the worker transport under signals, driving $RLHOST as a user would.
+
+A second Ctrl-C while the host waits on a busy worker must end the host promptly
+(exit 130) and leave no worker behind; a single Ctrl-C must not reach the worker at
+all (it runs in its own process group), so the call in flight completes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RLHOST = os.environ.get("RLHOST", os.path.join(ROOT, "build", "rlhost"))
+
+RECIPE = r"""
+local rl = require "rl"
+local m = rl.model { path = "builtin:tiny", transport = "worker", threads = 1 }
+local _, pid = m:_transport()
+print("worker " .. pid)
+io.stdout:flush()
+local s = rl.generate(m, { "a", "b" }, { n = %d, max_tokens = 240 })
+print("generated " .. #s .. " interrupted=" .. tostring(rl.interrupted()))
+"""
+
+
+def start(tmp_path, n: int) -> tuple[subprocess.Popen, int]:
+    recipe = tmp_path / "recipe.lua"
+    recipe.write_text(RECIPE % n)
+    p = subprocess.Popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=ROOT)
+    line = p.stdout.readline()
+    assert line.startswith("worker "), (line, p.stderr.read() if p.poll() is not None else "")
+    return p, int(line.split()[1])
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.access(RLHOST, os.X_OK), reason="rlhost not built")
+def test_second_sigint_stops_the_wait_and_the_worker(tmp_path):
+    p, pid = start(tmp_path, 64)
+    time.sleep(0.5)  # the generate is under way
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, (out, err)
+    assert time.monotonic() - t0 < 10
+    assert "interrupted" in err
+    deadline = time.monotonic() + 5
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(pid), "the worker outlived the host"
+
+
+@pytest.mark.skipif(not os.access(RLHOST, os.X_OK), reason="rlhost not built")
+def test_one_sigint_lets_the_call_finish(tmp_path):
+    p, pid = start(tmp_path, 4)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert "generated 8 interrupted=true" in out, (out, err)
+    assert p.returncode == 130, (out, err)  # finished cleanly after a Ctrl-C
+    assert gone(pid)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
