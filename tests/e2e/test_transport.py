@@ -75,5 +75,35 @@ def test_one_sigint_lets_the_call_finish(tmp_path):
     assert gone(pid)
 
 
+EMBEDDED_RECIPE = r"""
+local rl = require "rl"
+local m = rl.model { path = "builtin:tiny", threads = 1 }
+rl.generate(m, { "warm" }, { max_tokens = 2 })
+print("ready")
+io.stdout:flush()
+local t0 = os.time()
+while not rl.interrupted() and os.time() - t0 < 20 do
+  rl.generate(m, { "a" }, { max_tokens = 4 })
+end
+print("saw interrupt " .. tostring(rl.interrupted()))
+"""
+
+
+@pytest.mark.skipif(not os.access(RLHOST, os.X_OK), reason="rlhost not built")
+def test_embedded_python_leaves_sigint_to_the_host(tmp_path):
+    """The embedded interpreter installs no SIGINT handler (py.c): a Ctrl-C is seen by
+    the recipe through rl.interrupted(), not turned into a KeyboardInterrupt."""
+    recipe = tmp_path / "embedded.lua"
+    recipe.write_text(EMBEDDED_RECIPE)
+    p = subprocess.Popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=ROOT)
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert "saw interrupt true" in out, (out, err)
+    assert "KeyboardInterrupt" not in err
+    assert p.returncode == 130, (out, err)
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
