@@ -36,6 +36,7 @@ void http_default_params(http_params *p)
     p->max_response = 64u << 20;
     p->secret = NULL;
     p->verify_tls = 1;
+    p->ca_file = NULL;
 }
 
 const char *http_kind_name(int kind)
@@ -332,6 +333,8 @@ static int start_attempt(const http_params *p, const http_request *q, Req *rq, X
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, p->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, p->verify_tls ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, p->verify_tls ? 2L : 0L);
+    if (p->ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, p->ca_file);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);

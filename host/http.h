@@ -39,6 +39,7 @@ typedef struct http_params {
     size_t max_response;      /* response body cap in bytes */
     const char *secret;       /* text to scrub from error messages (may be NULL) */
     int verify_tls;           /* 1: verify peer and host name (never 0 outside tests) */
+    const char *ca_file;      /* PEM bundle to trust instead of the system's (NULL: system) */
 } http_params;
 
 /* One POST. Strings are borrowed for the duration of http_run. */

@@ -25,6 +25,7 @@ typedef struct Endpoint {
     char *url;     /* full POST URL */
     char *model;
     char *key;     /* NULL: no authentication header */
+    char *ca_file; /* PEM bundle to trust (NULL: the system's) */
     char **headers; /* "Name: value" lines, auth included */
     int nheaders;
     http_params params;
@@ -46,7 +47,8 @@ static void ep_release(Endpoint *e)
     free(e->headers);
     free(e->url);
     free(e->model);
-    e->key = e->url = e->model = NULL;
+    free(e->ca_file);
+    e->key = e->url = e->model = e->ca_file = NULL;
     e->headers = NULL;
     e->nheaders = 0;
     e->open = 0;
@@ -112,7 +114,10 @@ static const char *opt_string(lua_State *L, const char *field, const char *dflt)
 
 static int has_crlf(const char *s) { return strchr(s, '\r') || strchr(s, '\n'); }
 
-/* rl.endpoint.new{url=, api=, model=, api_key_env=, headers=, timeout=, ...} */
+/* rl.endpoint.new{url=, api=, model=, api_key_env=, headers=, timeout=,
+ * connect_timeout=, deadline=, concurrency=, max_retries=, rpm=, retry_base=,
+ * retry_max=, retry_after_max=, ca_file=}; times in seconds. TLS peers are always
+ * verified: ca_file adds a private CA, nothing turns verification off. */
 static int ep_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -132,6 +137,7 @@ static int ep_new(lua_State *L)
                  api_s);
     const char *model = opt_string(L, "model", "default");
     const char *key_env = opt_string(L, "api_key_env", NULL);
+    const char *ca_file = opt_string(L, "ca_file", NULL);
     int explicit_env = key_env != NULL;
     if (!key_env)
         key_env = api == API_ANTHROPIC ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY";
@@ -195,7 +201,9 @@ static int ep_new(lua_State *L)
         memcpy(e->url + ul, suffix, has_suffix ? 0 : sl + 1);
         e->url[ul + (has_suffix ? 0 : sl)] = '\0';
     }
-    int bad = !e->url || !e->model;
+    if (ca_file)
+        e->ca_file = strdup(ca_file);
+    int bad = !e->url || !e->model || (ca_file && !e->ca_file);
     bad = bad || add_header(e, "Content-Type", "application/json");
     bad = bad || add_header(e, "Accept", "application/json");
     if (key) {
@@ -229,6 +237,7 @@ static int ep_new(lua_State *L)
         return luaL_error(L, "not enough memory");
     }
     e->params.secret = e->key;
+    e->params.ca_file = e->ca_file;
     lua_newtable(L); /* user value: Lua-side state (token counts) */
     lua_setiuservalue(L, -2, 1);
     e->open = 1;

@@ -389,3 +389,50 @@ out{{r = r, consistent = info[1].consistent, tie = info[3].consistent, r2 = r2,
     res = lines[0]
     assert res["r"] == [0, 1, 0.5, 0.5] and res["consistent"] is True
     assert res["requests"] == 12
+
+
+def test_connections_reused_and_rpm(tmp_path, teacher):
+    body = f"""
+local ep = rl.endpoint{{url="{teacher.url}", model="teach", concurrency=4}}
+for b = 1, 5 do ep:chat({{"a", "b", "c", "d", "e", "f", "g", "h"}}) end
+local slow = rl.endpoint{{url="{teacher.url}", model="teach", concurrency=8, rpm=600}}
+local t0 = rl.fs.monotonic()
+local r = slow:chat({{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"}})
+out{{rpm_s = rl.fs.monotonic() - t0, ok = r[11].ok}}
+"""
+    p, lines = run_lua(tmp_path, body)
+    assert p.returncode == 0, p.stderr
+    st = teacher.stats()
+    assert st["requests"] == 51
+    # 40 requests over 5 batches at concurrency 4 used 4 connections, not 40.
+    assert st["connections"] <= 4 + 8, st
+    # 600 per minute: one start every 100 ms, so 11 starts span at least 1 s.
+    assert lines[0]["ok"] and lines[0]["rpm_s"] >= 0.95, lines[0]
+
+
+def test_tls_is_verified(tmp_path):
+    import shutil
+    if not shutil.which("openssl"):
+        pytest.skip("openssl command not available to make a certificate")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    t = Teacher(certfile=cert, keyfile=key).start()
+    try:
+        body = f"""
+local bad = rl.endpoint{{url="{t.url}", model="teach", retry_base=0.01}}
+local r1 = bad:chat({{"hi"}})[1]
+local good = rl.endpoint{{url="{t.url}", model="teach", ca_file={json.dumps(cert)}}}
+local r2 = good:chat({{"hi"}})[1]
+out{{bad = {{ok = r1.ok, kind = r1.kind, attempts = r1.attempts, message = r1.message}},
+     good = {{ok = r2.ok}}}}
+"""
+        p, lines = run_lua(tmp_path, body)
+    finally:
+        t.stop()
+    assert p.returncode == 0, p.stderr
+    bad = lines[0]["bad"]
+    assert not bad["ok"] and bad["kind"] == "http" and bad["attempts"] == 1, bad
+    assert "certificate" in bad["message"].lower() or "ssl" in bad["message"].lower(), bad
+    assert lines[0]["good"]["ok"]

@@ -96,6 +96,10 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet
         pass
 
+    def setup(self):
+        super().setup()
+        self.server.count("connections")
+
     def finish(self):
         try:
             super().finish()
@@ -269,10 +273,17 @@ class Server(ThreadingHTTPServer):
 class Teacher:
     """In-process handle: start() on a free loopback port, stop() afterwards."""
 
-    def __init__(self, **cfg):
+    def __init__(self, certfile: str | None = None, keyfile: str | None = None, **cfg):
         self.server = Server(("127.0.0.1", 0), cfg)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+        scheme = "http"
+        if certfile:  # TLS, to check that clients verify the peer
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(certfile, keyfile)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
 
