@@ -113,7 +113,8 @@ local function scorer_list(scorers)
 end
 
 -- run{source=, data=, scorers=, n=, k=, pass=, gen=, limit=, model=, samples=}
--- -> rows, samples, scores: one summary row per scorer ({model=, scorer=, ...}).
+-- -> rows, samples, scores: one summary row per scorer ({model=, scorer=, ...,
+-- generated_by = {source=count}}).
 -- `data` is a dataset or a list of rows/prompts; `limit` caps the prompts;
 -- `samples` (already generated) skips generation. scores[name] = {rewards, info}.
 function M.run(opts)
@@ -140,6 +141,12 @@ function M.run(opts)
     info = info or {}
     local row = M.summary(rewards, info, {n = n, k = opts.k, pass = opts.pass, count = #samples})
     row.model, row.scorer, row.n = opts.model or "model", name, n
+    -- which generator made the samples (a fallback chain may have used several)
+    local by = json.object()
+    for _, smp in ipairs(samples) do
+      if type(smp.source) == "string" then by[smp.source] = (by[smp.source] or 0) + 1 end
+    end
+    row.generated_by = by
     out[#out + 1] = row
     scores[name] = {rewards = rewards, info = info}
   end

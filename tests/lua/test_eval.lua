@@ -47,6 +47,9 @@ t.test("run: generates n per prompt and scores with each scorer, in name order",
   t.eq(rows[1].scorer, "exact"); t.eq(rows[2].scorer, "len")
   near(rows[1].mean, 0.5); near(rows[1].pass_at["1"], 0.5); near(rows[1].pass_at["2"], 1.0)
   t.eq(rows[1].model, "base")
+  local chain = rl.fallback{policy, names = {"policy"}, quiet = true}
+  local rows2 = rl.eval.run{source = chain, data = {"a"}, n = 3, scorers = {function() return 1 end}}
+  t.eq(rows2[1].generated_by.policy, 3); t.eq(rows2[1].scorer, "scorer1")
 end)
 
 t.test("report: Markdown, JSON and PNG; two models get a differences table", function()
