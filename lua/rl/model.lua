@@ -35,20 +35,22 @@ local function copy(t)
   return out
 end
 
--- What the engine reads of a sample: token ids (with the log-probs recorded at
--- generation) when the engine made it, else prompt and text. Everything else a
+-- What the engine reads of a sample: token ids when the engine made it, else prompt
+-- and text; the log-probs recorded at generation only where the loss uses them (ppo),
+-- since encoding every token's float is most of a request's cost. Everything else a
 -- sample carries (source, group, a dataset's extra fields) stays in Lua.
-local function engine_samples(samples)
+local function engine_samples(samples, with_logprobs)
   if type(samples) ~= "table" then return samples end -- the engine names the error
   local out = {}
   for i = 1, #samples do
     local s = samples[i]
+    local lp = with_logprobs and type(s) == "table" and s.logprobs or nil
     if type(s) ~= "table" then
       out[i] = s
     elseif s.ids ~= nil or s.prompt_ids ~= nil then
-      out[i] = { prompt_ids = s.prompt_ids, ids = s.ids, logprobs = s.logprobs }
+      out[i] = { prompt_ids = s.prompt_ids, ids = s.ids, logprobs = lp }
     else
-      out[i] = { prompt = s.prompt, text = s.text, logprobs = s.logprobs }
+      out[i] = { prompt = s.prompt, text = s.text, logprobs = lp }
     end
   end
   return out
@@ -97,7 +99,7 @@ end
 --- model:backward(samples, opts) -> stats: accumulate gradients for a micro-batch.
 function methods:backward(samples, opts)
   local req = copy(opts)
-  req.samples = engine_samples(samples)
+  req.samples = engine_samples(samples, req.loss == "ppo")
   if type(samples) == "table" then req.advantages = dense(req.advantages, #samples) end
   return self:_call("backward", req)
 end

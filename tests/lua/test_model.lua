@@ -166,6 +166,8 @@ local function run_same(m)
   out.st = rl.train_step(m, out.g1, { loss = "pg", advantages = { 1, -1, 0.5 }, clip = 1.0 })
   out.g2 = rl.generate(m, PROMPTS, { n = 2, max_tokens = 8, temperature = 0.7, top_k = 20 })
   out.lp = m:logprobs(out.g1)
+  out.ppo = m:backward(out.g2, { loss = "ppo", advantages = { 0.5, nil, -1, 2 } })
+  out.st2 = m:step { clip = 1.0 }
   return out
 end
 
@@ -191,6 +193,12 @@ if EMBEDDED then
     t.eq(a.st.version, 1)
     t.eq(a.g2[1].version, 1, "samples carry the version that made them")
     for i = 1, #a.lp do same_list(a.lp[i], b.lp[i], "logprobs " .. i) end
+    for _, k in ipairs { "loss", "clip_frac", "tokens", "samples" } do
+      t.eq(a.ppo[k], b.ppo[k], "ppo " .. k)
+    end
+    t.eq(a.ppo.samples, 3, "a nil advantage leaves its sample out")
+    t.eq(a.st2.grad_norm, b.st2.grad_norm, "second step")
+    t.eq(a.st2.version, 2)
   end)
 else
   t.skip("embedded and worker give identical generations and losses", NO_EMBED)
