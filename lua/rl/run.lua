@@ -157,13 +157,13 @@ function M.run(opts)
     local diffs = ok and config_diff(old, self.config) or {"config.json is not valid JSON"}
     local allow = opts.allow_config_change
     if type(allow) == "table" then  -- a list of keys that may change (e.g. {"steps"})
-      local may, kept = {}, {}
+      local may, kept, allowed = {}, {}, {}
       for _, k in ipairs(allow) do may[k] = true end
       for _, d in ipairs(diffs) do
-        if not may[d:match("^([^:]+):")] then kept[#kept + 1] = d end
+        if may[d:match("^([^:]+):")] then allowed[#allowed + 1] = d else kept[#kept + 1] = d end
       end
-      if #kept < #diffs then
-        note(("config changed where allowed: %s"):format(table.concat(diffs, "; ")))
+      if #allowed > 0 and #kept == 0 then
+        note(("config changed where allowed: %s"):format(table.concat(allowed, "; ")))
       end
       diffs, allow = kept, false
     end
@@ -188,7 +188,7 @@ function Run:state(t)
   end
   for _, name in ipairs(batch.sorted_keys(t)) do
     local obj = t[name]
-    if type(name) ~= "string" or not name:match("^[%w_%-%.]+$") or ckpt.reserved[name] then
+    if type(name) ~= "string" or not name:match("^[%w_][%w_%-%.]*$") or ckpt.reserved[name] then
       config_error("run:state: bad name '%s'", tostring(name))
     end
     if self.names[name] then config_error("run:state: '%s' is registered twice", name) end
