@@ -130,7 +130,11 @@ static void become_program(const sandbox_params *p, const char *const *argv, int
     set_limit(RLIMIT_FSIZE, p->fsize_bytes, p->fsize_bytes);
     set_limit(RLIMIT_CORE, 0, 0);
     set_limit(RLIMIT_NOFILE, 64, 64);
-    set_limit(RLIMIT_NPROC, (rlim_t)p->nproc, (rlim_t)p->nproc);
+    /* RLIMIT_NPROC counts every process of the real user: meaningful for the
+     * sandbox's own uid, but for the host's user it would count the user's other
+     * processes too (and root is exempt), so it is set only when isolated. */
+    if (isolated)
+        set_limit(RLIMIT_NPROC, (rlim_t)p->nproc, (rlim_t)p->nproc);
     if (isolated && geteuid() == 0) {
         if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0) {
             report(st, 'S', errno);
@@ -195,6 +199,7 @@ static void run_child(const sandbox_params *p, const char *const *argv, const ch
     }
     private_tmp("/var/tmp");
     private_tmp("/dev/shm");
+    private_tmp("/run/lock");
     pid_t init = fork();
     if (init < 0) {
         report(st, 'S', errno);

@@ -9,8 +9,8 @@
  *  - a wall-clock deadline after which the whole process group is SIGKILLed;
  *  - when the host runs as root (or may otherwise create namespaces): new network,
  *    mount and PID namespaces. Then the program has no network at all (not even
- *    loopback: the new namespace's lo is down), /tmp, /var/tmp and /dev/shm are
- *    private throwaway tmpfs mounts, every process it starts dies with it, and it
+ *    loopback: the new namespace's lo is down), /tmp, /var/tmp, /dev/shm and
+ *    /run/lock (the usual world-writable places) are private throwaway tmpfs mounts, every process it starts dies with it, and it
  *    runs as uid/gid 65534 (nobody), so the rest of the file system is read-only to
  *    it and the process limit is enforced (the kernel exempts root from it).
  *  - Where namespaces cannot be created (an unprivileged host without user
