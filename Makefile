@@ -65,8 +65,8 @@ san: deps
 valgrind: all
 	$(Q)for t in $(TEST_BIN); do \
 	  valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect \
-	    --error-exitcode=9 $$t >$$t.valgrind 2>&1 && echo "valgrind ok   $$t" || \
-	    { echo "valgrind FAIL $$t (see $$t.valgrind)"; exit 1; }; \
+	    --error-exitcode=9 $$t >$$t.vglog 2>&1 && echo "valgrind ok   $$t" || \
+	    { echo "valgrind FAIL $$t (see $$t.vglog)"; exit 1; }; \
 	done
 
 run: deps
