@@ -189,8 +189,15 @@ static void run_child(const sandbox_params *p, const char *const *argv, const ch
     mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
     int wfd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (wfd >= 0 && mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777") == 0) {
-        char src[64];
-        snprintf(src, sizeof src, "/proc/self/fd/%d", wfd);
+        char src[32] = "/proc/self/fd/", digits[12]; /* no stdio between fork and exec */
+        int nd = 0, v = wfd, at = 14;
+        do {
+            digits[nd++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        while (nd)
+            src[at++] = digits[--nd];
+        src[at] = '\0';
         if (mkdir("/tmp/work", 0755) < 0 || mount(src, "/tmp/work", NULL, MS_BIND, NULL) < 0 ||
             chdir("/tmp/work") < 0) {
             report(st, 'S', errno);

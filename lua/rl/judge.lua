@@ -200,7 +200,6 @@ end
 
 function Judge:score(samples, opts)
   if self.mode == "pairwise" then return self:_score_pairwise(samples, opts or {}) end
-  local t0 = os.time()
   local summary = new_summary()
   local rewards, info = {}, {}
   local keys = {}
