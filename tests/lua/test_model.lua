@@ -305,8 +305,18 @@ t.test("SIGKILL in the middle of generate: kind=crash, then a fresh worker", fun
   t.eq(#zombies(), 0, "no zombies")
 end)
 
+local function open_fds()
+  local p = io.popen("ls /proc/" .. my_pid() .. "/fd")
+  local n = 0
+  for _ in p:lines() do n = n + 1 end
+  p:close()
+  return n
+end
+
 t.test("close: the worker exits, the handle refuses use, closing twice is fine", function()
+  local fds = open_fds()
   local m = rl.model(opts { transport = "worker" })
+  t.eq(open_fds(), fds + 3, "stdin, stdout and stderr pipes of the worker")
   local _, pid = m:_transport()
   m:close()
   t.ok(not alive(pid), "worker gone after close")
@@ -321,6 +331,7 @@ t.test("close: the worker exits, the handle refuses use, closing twice is fine",
   end
   t.ok(not alive(pid), "worker gone at the end of a <close> scope")
   t.eq(#zombies(), 0, "no zombies")
+  t.eq(open_fds(), fds, "no descriptor leaked")
 end)
 
 if emb then emb:close() end
