@@ -143,16 +143,14 @@ static int h_count(lua_State *L)
 static int l_key(lua_State *L)
 {
     int n = lua_gettop(L);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
+    luaL_checkstack(L, 2 * n + 2, "too many key parts");
     for (int i = 1; i <= n; i++) {
         size_t len;
-        const char *s = luaL_tolstring(L, i, &len);
+        luaL_tolstring(L, i, &len);
         lua_pushfstring(L, "%d:", (int)len);
-        luaL_addvalue(&b);
-        luaL_addvalue(&b); /* the tolstring result, now on top */
+        lua_insert(L, -2); /* the length prefix goes before its part */
     }
-    luaL_pushresult(&b);
+    lua_concat(L, 2 * n);
     size_t len;
     const char *all = lua_tolstring(L, -1, &len);
     char hex[65];

@@ -147,6 +147,14 @@ t.test("judge cache: hits skip the endpoint; settings change the key", function(
   t.raises(function() rl.cache.open("/nonexistent-dir/x.sqlite") end, "io")
 end)
 
+t.test("cache keys: SHA-256 over length-prefixed parts", function()
+  t.eq(rl.cache.key("a", "b"), "facdde7abf1eac5b301273ab2e282f79bab0100f058833a7b8bdf9f80741e149") -- sha256("1:a1:b")
+  t.ok(rl.cache.key("ab", "") ~= rl.cache.key("a", "b"))
+  local big = string.rep("x", 100000)
+  t.eq(rl.cache.key(big, 1), rl.cache.key(big, "1"))
+  t.eq(#rl.cache.key(), 64)
+end)
+
 t.test("native rewards", function()
   local s = { { text = " 42 ", reference = "42" }, { text = "41", reference = "42" } }
   local r = rl.score(rl.reward.exact {}, s)
