@@ -113,8 +113,41 @@ static void test_prefixes(void)
     CHECK(1);
 }
 
+/* Random texts built from the parser's interesting bytes: the results stay in
+ * their contracts (ASan/UBSan check the memory side). */
+static void test_random(void)
+{
+    static const char alphabet[] = "[[]]{}\"score\":0123456789./-+e ntaAB\n\0";
+    unsigned long long x = 0x9e3779b97f4a7c15ull;
+    judge_parse_params p;
+    judge_parse_default_params(&p);
+    int bad = 0;
+    for (int iter = 0; iter < 200000; iter++) {
+        char buf[48];
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        size_t n = (size_t)(x % sizeof buf);
+        for (size_t i = 0; i < n; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            buf[i] = alphabet[x % (sizeof alphabet - 1)];
+        }
+        p.mode = iter & 1;
+        double v = -1;
+        char err[64];
+        int rc = judge_parse_score(&p, buf, n, &v, err, sizeof err);
+        if (rc == JUDGE_OK && !(v >= p.lo && v <= p.hi))
+            bad++;
+        if (rc != JUDGE_OK && (rc < JUDGE_E_RANGE || !err[0]))
+            bad++;
+        int vd = judge_parse_verdict(buf, n, err, sizeof err);
+        if (vd && vd != 'A' && vd != 'B' && vd != 'T')
+            bad++;
+    }
+    CHECK(bad == 0);
+}
+
 int main(void)
 {
+    RUN(test_random);
     RUN(test_brackets);
     RUN(test_failures);
     RUN(test_embedded_nul);

@@ -436,3 +436,22 @@ out{{bad = {{ok = r1.ok, kind = r1.kind, attempts = r1.attempts, message = r1.me
     assert not bad["ok"] and bad["kind"] == "http" and bad["attempts"] == 1, bad
     assert "certificate" in bad["message"].lower() or "ssl" in bad["message"].lower(), bad
     assert lines[0]["good"]["ok"]
+
+
+def test_endpoint_as_generation_source_and_fallback(tmp_path, teacher):
+    body = f"""
+local ep = rl.endpoint{{url="{teacher.url}", model="teach"}}
+local s = rl.generate(ep, {{"a", {{prompt = "b", id = 7}}}}, {{n = 2, max_tokens = 5}})
+local dead = rl.endpoint{{url="http://127.0.0.1:9/v1", max_retries = 0}}
+local s2 = rl.generate(rl.fallback{{dead, ep}}, {{"c"}}, {{n = 1}})
+local judge_dead = rl.judge{{endpoint = dead}}
+local r, info = rl.score(rl.fallback{{judge_dead, rl.reward.length{{target = 1}}}}, {{{{prompt = "p", text = "x"}}}})
+out{{n = #s, p = {{s[1].prompt, s[3].prompt}}, src = s[1].source, ids = s[1].ids == nil,
+     text2 = s2[1].text, r = r[1], fb = info[1].fallback}}
+"""
+    p, lines = run_lua(tmp_path, body)
+    assert p.returncode == 0, p.stderr
+    r = lines[0]
+    assert r["n"] == 4 and r["p"] == ["a", "b"] and r["src"] == "endpoint:teach" and r["ids"]
+    assert r["text2"] == "echo 0: c"
+    assert r["r"] == 1 and r["fb"] is True
