@@ -454,13 +454,20 @@ int http_run(const http_params *p, const http_request *reqs, size_t n, http_resu
         return HTTP_E_INTERNAL;
     Req *rq = calloc(n, sizeof *rq);
     Xfer *xs = calloc((size_t)conc, sizeof *xs);
-    if (!rq || !xs) {
+    int *free_slots = calloc((size_t)conc, sizeof *free_slots);
+    size_t *waiting = calloc(n, sizeof *waiting); /* requests between attempts */
+    if (!rq || !xs || !free_slots || !waiting) {
         free(rq);
         free(xs);
+        free(free_slots);
+        free(waiting);
         snprintf(err, errlen, "out of memory");
         return HTTP_E_INTERNAL;
     }
-    size_t ndone = 0;
+    int nfree = conc;
+    for (int s = 0; s < conc; s++)
+        free_slots[s] = conc - 1 - s;
+    size_t ndone = 0, next_new = 0, nwait = 0;
     int nactive = 0, rc = 0;
     double next_slot = 0, gap = p->rpm > 0 ? 60000.0 / p->rpm : 0;
     long long attempts = 0, retries = 0, failures = 0;
@@ -471,29 +478,38 @@ int http_run(const http_params *p, const http_request *reqs, size_t n, http_resu
             rc = HTTP_E_INTERRUPT;
             break;
         }
-        /* Start what may start: retries that are due first, then new requests, in
-         * input order, within the concurrency cap and the rpm budget. */
+        /* Start what may start, within the concurrency cap and the rpm budget:
+         * retries that are due first, then new requests in input order. Both scans
+         * are bounded by what is waiting, not by the batch size. */
         double wake = now + POLL_SLICE_MS;
-        for (size_t i = 0; i < n && nactive < conc; i++) {
-            if (rq[i].done || rq[i].active)
-                continue;
-            if (rq[i].ready > now) {
-                if (rq[i].ready < wake)
-                    wake = rq[i].ready;
-                continue;
+        size_t w = 0;
+        while (nactive < conc) {
+            size_t i;
+            if (w < nwait) {
+                i = waiting[w];
+                if (rq[i].ready > now) {
+                    if (rq[i].ready < wake)
+                        wake = rq[i].ready;
+                    w++;
+                    continue;
+                }
+            } else if (next_new < n) {
+                i = next_new;
+            } else {
+                break;
             }
             if (gap > 0 && next_slot > now) {
                 if (next_slot < wake)
                     wake = next_slot;
                 break;
             }
-            int slot = -1;
-            for (int s = 0; s < conc; s++)
-                if (!xs[s].easy) {
-                    slot = s;
-                    break;
-                }
+            if (w < nwait)
+                waiting[w] = waiting[--nwait]; /* taken; the slot at w is re-examined */
+            else
+                next_new++;
+            int slot = free_slots[--nfree];
             if (start_attempt(p, &reqs[i], &rq[i], &xs[slot], &out[i], now) < 0) {
+                free_slots[nfree++] = slot;
                 rq[i].done = 1;
                 ndone++;
                 out[i].kind = HTTP_E_INTERNAL;
@@ -539,12 +555,14 @@ int http_run(const http_params *p, const http_request *reqs, size_t n, http_resu
             double t = now_ms();
             int again = classify(p, &reqs[i], x, m->data.result, r);
             end_attempt(x);
+            free_slots[nfree++] = (int)(x - xs);
             nactive--;
             rq[i].active = 0;
             if (again && r->attempts <= p->max_retries) {
                 long wait = backoff_ms(p, r->attempts - 1, r->retry_after_ms);
                 if (p->deadline_ms <= 0 || (t + (double)wait) - rq[i].start < (double)p->deadline_ms) {
                     rq[i].ready = t + (double)wait;
+                    waiting[nwait++] = i;
                     continue;
                 }
                 char d[64];
@@ -581,6 +599,8 @@ int http_run(const http_params *p, const http_request *reqs, size_t n, http_resu
             out[i].body = calloc(1, 1);
     free(rq);
     free(xs);
+    free(free_slots);
+    free(waiting);
     if (stats) {
         stats->requests += (long long)n;
         stats->attempts += attempts;
