@@ -71,12 +71,31 @@ local function read_rubric(r)
   return r
 end
 
-local function fill(template, vars)
-  return (template:gsub("{([%w_]+)}", function(k)
-    local v = vars[k]
-    if v == nil then return nil end
-    return tostring(v)
-  end))
+-- A rubric is split once into literal text and {name} slots, so filling it per
+-- sample is a table.concat (gsub with a callback per sample was the judge's largest
+-- client-side cost). Unknown names stay as written; filled-in text is never rescanned.
+local function compile(template)
+  local parts, pos = {}, 1
+  for a, name, b in template:gmatch("(){([%w_]+)}()") do
+    parts[#parts + 1] = template:sub(pos, a - 1)
+    parts[#parts + 1] = { name = name, raw = template:sub(a, b - 1) }
+    pos = b
+  end
+  parts[#parts + 1] = template:sub(pos)
+  return parts
+end
+
+local function fill(compiled, vars)
+  local out = {}
+  for i, p in ipairs(compiled) do
+    if type(p) == "string" then
+      out[i] = p
+    else
+      local v = vars[p.name]
+      out[i] = v == nil and p.raw or tostring(v)
+    end
+  end
+  return table.concat(out)
 end
 
 local function median(xs)
@@ -124,6 +143,8 @@ function M.judge(opts)
                                 temperature = self.temperature, max_tokens = self.max_tokens,
                                 system = self.system or "" }, { sort_keys = true })
   self.source = "judge:" .. self.model
+  self.compiled = compile(rubric)
+  self.rubric_id = C.key(rubric) -- hashed once; keys carry this instead of the text
   return self
 end
 
@@ -155,7 +176,7 @@ end
 
 function Judge:prompt_for(s)
   local ref = s.reference or s.answer
-  return fill(self.rubric, {
+  return fill(self.compiled, {
     prompt = s.prompt or "", completion = s.text or "", reference = ref or "",
     reference_note = ref and " Compare it with the reference answer provided." or "",
     reference_block = ref and ("\n[The Start of the Reference Answer]\n%s\n[The End of the Reference Answer]\n"):format(ref) or "",
@@ -187,7 +208,8 @@ function Judge:_ask(prompts, summary)
 end
 
 local function key_parts(self, s, extra)
-  return C.key("rl.judge/1", self.model, self.rubric, self.settings, s.prompt or "", s.text or "",
+  if not self.cache then return false end
+  return C.key("rl.judge/1", self.model, self.rubric_id, self.settings, s.prompt or "", s.text or "",
                s.reference or s.answer or "", extra or "")
 end
 
@@ -299,8 +321,8 @@ function Judge:_score_pairwise(samples, opts)
   for k, pr in ipairs(pairs_) do
     local s = samples[pr.x]
     keys[k] = key_parts(self, s, "vs\0" .. tostring(pr.other))
-    local a = fill(self.rubric, { prompt = s.prompt or "", a = s.text or "", b = pr.other or "" })
-    local b = fill(self.rubric, { prompt = s.prompt or "", a = pr.other or "", b = s.text or "" })
+    local a = fill(self.compiled, { prompt = s.prompt or "", a = s.text or "", b = pr.other or "" })
+    local b = fill(self.compiled, { prompt = s.prompt or "", a = pr.other or "", b = s.text or "" })
     pr.prompts = { a, b }
   end
   local hits = self:_lookup(keys, summary)
