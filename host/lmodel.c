@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "home.h"
 #include "lrl.h"
@@ -248,6 +249,7 @@ static int worker_failure(lua_State *L, Model *m, int rc, const char *op, const 
     if (rc == PROC_EDEAD) {
         proc_stderr_tail(m->pr, tail, sizeof tail);
         lua_pushstring(L, proc_exit_text(m->pr));
+        int ws = proc_wait_status(m->pr);
         drop_worker(m);
         rl_pusherror(L, user_level(L), "crash", 1,
                      "%s: worker %d %s (the next call starts a new one)%s%s", op, pid,
@@ -258,6 +260,13 @@ static int worker_failure(lua_State *L, Model *m, int rc, const char *op, const 
         lua_setfield(L, -2, "pid");
         lua_pushstring(L, tail);
         lua_setfield(L, -2, "stderr");
+        if (ws != -1 && WIFEXITED(ws)) {
+            lua_pushinteger(L, WEXITSTATUS(ws));
+            lua_setfield(L, -2, "status");
+        } else if (ws != -1 && WIFSIGNALED(ws)) {
+            lua_pushinteger(L, WTERMSIG(ws));
+            lua_setfield(L, -2, "signal");
+        }
         return lua_error(L);
     }
     if (rc == PROC_ELONG) /* the rest of that line is dropped: the stream stays in step */

@@ -296,6 +296,8 @@ t.test("SIGKILL in the middle of generate: kind=crash, then a fresh worker", fun
   t.eq(e.retryable, true)
   t.match(e.message, "killed by signal SIGKILL")
   t.eq(e.pid, pid)
+  t.eq(e.signal, 9)
+  t.eq(e.exit, "killed by signal SIGKILL")
   t.ok(not alive(pid), "the dead worker was reaped")
   local s = rl.generate(m, { "after" }, { n = 2, max_tokens = 3, seed = 1 })
   t.eq(#s, 2)
