@@ -165,10 +165,10 @@ function M.run(opts)
       return r.reason == "ok" and 1 or 0, r.reason,
              { detail = r.detail, isolated = r.isolated, stderr = r.stderr:sub(1, 500), wall_ms = r.wall_ms }
     end
-    local passed, first
-    passed = 0
+    local passed, first, last = 0, nil, nil
     for _, t in ipairs(tests) do
       local r = R.run(lang.run(py), files, t.stdin or "", limits)
+      last = r
       if r.reason == "setup" then return nil, { kind = "internal", message = r.detail } end
       local ok = r.reason == "ok"
       if ok and t.stdout then
@@ -179,7 +179,7 @@ function M.run(opts)
       if ok then passed = passed + 1
       elseif not first then first = { reason = r.reason, detail = r.detail, r = r } end
     end
-    local r = first and first.r
+    local r = first and first.r or last
     return passed / #tests, first and first.reason or "ok",
            { passed = passed, total = #tests, detail = first and first.detail,
              isolated = r and r.isolated, stderr = r and r.stderr:sub(1, 500), wall_ms = r and r.wall_ms }

@@ -144,3 +144,37 @@ def test_hostile_programs(tmp_path):
     tmp = os.environ.get("TMPDIR", "/tmp")
     assert not [d for d in os.listdir(tmp) if d.startswith("rlhost-sbx-")]
     assert wall < 60
+
+
+def test_unprivileged_host_runs_unisolated(tmp_path):
+    """Where namespaces are refused (here: the host run as uid 65534), programs still
+    run under limits, but with the host's network and identity: `isolated` says so,
+    and require_isolation refuses instead."""
+    import shutil
+    if os.geteuid() != 0 or not shutil.which("runuser"):
+        pytest.skip("needs root and runuser to start the host unprivileged")
+    import tempfile
+    d = tempfile.mkdtemp(prefix="rlhost-unpriv-")  # pytest's tmp_path is 0700: nobody cannot read it
+    os.chmod(d, 0o755)
+    script = os.path.join(d, "u.lua")
+    with open(script, "w") as f:
+        f.write(r"""
+local rl = require "rl"
+local r, info = rl.score(rl.reward.run{lang = "python", tests = {{stdout = "ok\n"}}, timeout = 3},
+  {{text = "print('ok')"}, {text = "while True:\n    pass"}})
+local r2, info2 = rl.score(rl.reward.run{lang = "python", tests = {{}}, require_isolation = true},
+  {{text = "print(1)"}})
+io.stdout:write(rl.json.encode{r1 = r[1], iso = info[1].isolated, reason2 = info[2].reason,
+                               kind3 = info2[1].kind, r3 = r2[1] or false}, "\n")
+""")
+    os.chmod(script, 0o644)
+    try:
+        p = subprocess.run(["runuser", "-u", "nobody", "--", RLHOST, script], capture_output=True,
+                           text=True, timeout=60, cwd="/")
+    finally:
+        shutil.rmtree(d)
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout.strip().splitlines()[-1])
+    assert d["r1"] == 1 and d["iso"] is False
+    assert d["reason2"] in ("timeout", "cpu")
+    assert d["kind3"] == "internal" and d["r3"] is False
