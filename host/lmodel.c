@@ -227,13 +227,19 @@ static void drop_worker(Model *m)
 
 /* Raise the error for a failed worker wait; the worker is gone or stopped first, so
  * nothing C-owned outlives the raise except through the handle. */
-static int worker_failure(lua_State *L, Model *m, int rc, const char *op, const char *err)
+static int worker_failure(lua_State *L, Model *m, int rc, const char *op, const char *err,
+                          double timeout, int writing)
 {
     char tail[PROC_TAIL_LINES * 260];
     int pid = m->pr ? (int)proc_pid(m->pr) : 0;
     if (rc == PROC_EINTR) {
-        /* Keep the worker: its reply to this request arrives later and is skipped
-         * by id, and its state is still there for a checkpoint. */
+        /* While reading, keep the worker: its reply to this request arrives later and
+         * is skipped by id, and its state is still there for a checkpoint. A request
+         * line cut off mid-write would garble the stream, so then it goes. */
+        if (writing) {
+            proc_kill(m->pr);
+            drop_worker(m);
+        }
         rl_pusherror(L, user_level(L), "interrupted", 0, "%s: interrupted while waiting for "
                      "worker %d", op, pid);
         return lua_error(L);
@@ -243,7 +249,7 @@ static int worker_failure(lua_State *L, Model *m, int rc, const char *op, const 
         drop_worker(m);
         rl_pusherror(L, user_level(L), "timeout", 1,
                      "%s: no reply from worker %d within %f s; the worker was stopped (the "
-                     "next call starts a new one)", op, pid, m->timeout);
+                     "next call starts a new one)", op, pid, timeout);
         return lua_error(L);
     }
     if (rc == PROC_EDEAD) {
@@ -294,14 +300,14 @@ static void worker_exchange(lua_State *L, Model *m, lua_Integer id, const char *
     if (rc == PROC_OK)
         rc = proc_write(m->pr, "\n", 1, deadline, err, sizeof err);
     if (rc != PROC_OK)
-        worker_failure(L, m, rc, op, err);
+        worker_failure(L, m, rc, op, err, timeout, 1);
     lua_pop(L, 1);
     for (;;) {
         const char *line;
         size_t n;
         rc = proc_read_line(m->pr, &line, &n, deadline, err, sizeof err);
         if (rc != PROC_OK)
-            worker_failure(L, m, rc, op, err);
+            worker_failure(L, m, rc, op, err, timeout, 0);
         if (n == 0)
             continue;
         /* The line lives in the proc's buffer, which the handle owns: a parse error
@@ -317,6 +323,17 @@ static void worker_exchange(lua_State *L, Model *m, lua_Integer id, const char *
         lua_pop(L, 1);
         if (isnum && rid == id)
             return;
+        if (lua_getfield(L, -1, "id") == LUA_TNIL) {
+            /* An error reply to a request the engine could not even read an id from
+             * can only answer the one request in flight. */
+            lua_getfield(L, -2, "ok");
+            int ok = lua_toboolean(L, -1);
+            lua_pop(L, 2);
+            if (!ok)
+                return;
+        } else {
+            lua_pop(L, 1);
+        }
         lua_pop(L, 1);
         if (isnum && rid < id)
             continue; /* stale: the answer to a request we gave up waiting for */
