@@ -125,10 +125,12 @@ static int parse_brackets(const judge_parse_params *p, const char *s, size_t n, 
 static int parse_json(const judge_parse_params *p, const char *s, size_t n, double *score,
                       char *err, size_t errlen)
 {
-    int found_obj = 0;
+    int found_obj = 0, tries = 0;
     for (size_t i = n; i-- > 0;) {
         if (s[i] != '{')
             continue;
+        if (++tries > 256)
+            break; /* each try parses to the end: bound the work on brace-heavy text */
         const char *end = NULL;
         cJSON *j = cJSON_ParseWithLengthOpts(s + i, n - i, &end, 0);
         if (!j)
