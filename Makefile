@@ -28,7 +28,7 @@ ifeq ($(V),1)
 Q =
 endif
 
-.PHONY: all deps test san valgrind install run bench clean
+.PHONY: all deps test san valgrind fuzz fuzz-build install run bench clean
 all: $(BUILD)/rlhost $(TEST_BIN)
 
 deps:
@@ -69,6 +69,30 @@ valgrind: all
 	    { echo "valgrind FAIL $$t (see $$t.vglog)"; exit 1; }; \
 	done
 
+# libFuzzer targets (tests/fuzz/fuzz_NAME.c, seeds in tests/fuzz/seeds/NAME, an
+# optional tests/fuzz/NAME.dict), each for FUZZ_SECONDS; new inputs go to
+# build-fuzz/corpus/NAME so the seed corpus stays as committed.
+FUZZ_SECONDS ?= 60
+FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/%)
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_OBJ)
+	@echo "  FUZZ  $<"
+	$(Q)$(CC) $(CFLAGS) -fsanitize=fuzzer -Ihost $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
+fuzz-build: $(FUZZ_BIN)
+fuzz:
+	$(Q)scripts/deps.sh bench
+	$(Q)$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang SAN=1 OPT="-O1 -g" \
+	  SAN_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" fuzz-build
+	$(Q)for f in $(FUZZ_SRC); do n=$$(basename $$f .c); n=$${n#fuzz_}; \
+	  mkdir -p build-fuzz/corpus/$$n; \
+	  d=""; [ -f tests/fuzz/$$n.dict ] && d="-dict=tests/fuzz/$$n.dict"; \
+	  echo "fuzz $$n for $(FUZZ_SECONDS)s"; \
+	  build-fuzz/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -print_final_stats=1 $$d build-fuzz/corpus/$$n tests/fuzz/seeds/$$n \
+	    >build-fuzz/fuzz_$$n.log 2>&1 || { tail -40 build-fuzz/fuzz_$$n.log; exit 1; }; \
+	  grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' build-fuzz/fuzz_$$n.log; \
+	done
+
 run: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(BUILD)/rlhost recipes/demo.lua
@@ -87,6 +111,6 @@ install: $(BUILD)/rlhost
 	if [ -x .venv/bin/python ]; then echo "$(CURDIR)/.venv" > $(DESTDIR)$(PREFIX)/share/rlhost/venv; fi
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 -include $(OBJ:.o=.d) $(TEST_BIN:=.d)
