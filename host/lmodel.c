@@ -313,9 +313,15 @@ static void worker_exchange(lua_State *L, Model *m, lua_Integer id, const char *
         /* The line lives in the proc's buffer, which the handle owns: a parse error
          * raised here leaks nothing. */
         ljson_decode(L, line, n, LJSON_NONFINITE);
-        if (!lua_istable(L, -1)) {
+        int isreply = 0;
+        if (lua_istable(L, -1)) {
+            isreply = lua_getfield(L, -1, "ok") == LUA_TBOOLEAN;
             lua_pop(L, 1);
-            raise_kind(L, "parse", 0, "%s: the worker's reply is not a JSON object%s", op, "");
+        }
+        if (!isreply) {
+            lua_pop(L, 1);
+            raise_kind(L, "parse", 0, "%s: the worker's reply is not a JSON object with an "
+                       "'ok' field%s", op, "");
         }
         lua_getfield(L, -1, "id");
         int isnum = lua_isinteger(L, -1);
@@ -323,7 +329,8 @@ static void worker_exchange(lua_State *L, Model *m, lua_Integer id, const char *
         lua_pop(L, 1);
         if (isnum && rid == id)
             return;
-        if (lua_getfield(L, -1, "id") == LUA_TNIL) {
+        int idt = lua_getfield(L, -1, "id");
+        if (idt == LUA_TNIL || (idt == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1))) {
             /* An error reply to a request the engine could not even read an id from
              * can only answer the one request in flight. */
             lua_getfield(L, -2, "ok");

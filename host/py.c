@@ -119,7 +119,8 @@ static int start(const py_params *p)
         char why[768];
         exc_text(why, sizeof why, "");
         snprintf(init_err, sizeof init_err,
-                 "cannot import %.100s from %.300s with %.300s: %.280s", p->module, p->scripts, program, why);
+                 "cannot import %.100s from %.300s with %.300s: %.280s", p->module, p->scripts,
+                 program, why);
         goto done;
     }
     call_fn = PyObject_GetAttrString(mod, p->func);

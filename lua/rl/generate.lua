@@ -11,10 +11,22 @@ local core = require "rl.core"
 
 local M = {}
 
-local function config_error(msg)
-  -- `where`: the recipe line that called rl.generate.
-  error(core.error("config", "rl.generate: " .. msg, 2), 3)
+-- Raise an rl error whose `where` is the first caller outside the rl library (the
+-- recipe line), as the C bindings do.
+local function raise(kind, msg)
+  local where = ""
+  for level = 2, 60 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.what ~= "C" and not info.source:find("/lua/rl/", 1, true) then
+      where = ("%s:%d: "):format(info.short_src, info.currentline or 0)
+      break
+    end
+  end
+  error(core.error { kind = kind, message = msg, where = where }, 0)
 end
+
+local function config_error(msg) raise("config", "rl.generate: " .. msg) end
 
 function M.generate(source, prompts, opts)
   if type(source) ~= "table" and type(source) ~= "userdata" then
@@ -67,8 +79,8 @@ function M.generate(source, prompts, opts)
   end
   local samples = source:generate(texts, opts)
   if type(samples) ~= "table" or #samples ~= np * n then
-    error(core.error("internal", ("rl.generate: the source returned %s samples for %d prompts x %d")
-                     :format(type(samples) == "table" and #samples or type(samples), np, n), 1), 2)
+    raise("internal", ("rl.generate: the source returned %s samples for %d prompts x %d")
+                      :format(type(samples) == "table" and #samples or type(samples), np, n))
   end
   for i = 1, np do
     local extra = extras[i]

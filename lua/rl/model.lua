@@ -19,16 +19,32 @@
 -- engine, which names the field at fault (kind="config"); a bad request leaves the
 -- handle usable.
 local C = require "rl.cmodel"
+local core = require "rl.core"
 local null = require("rl.json").null
 
 local M = {}
 local methods = C.methods
 
+-- Raise an rl error whose `where` is the first caller outside the rl library (the
+-- recipe line), as the C bindings do.
+local function raise(kind, msg)
+  local where = ""
+  for level = 2, 60 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.what ~= "C" and not info.source:find("/lua/rl/", 1, true) then
+      where = ("%s:%d: "):format(info.short_src, info.currentline or 0)
+      break
+    end
+  end
+  error(core.error { kind = kind, message = msg, where = where }, 0)
+end
+
 local function copy(t)
   local out = {}
   if t ~= nil then
     if type(t) ~= "table" then
-      error(require("rl.core").error("config", "options must be a table, got a " .. type(t), 2), 3)
+      raise("config", "options must be a table, got a " .. type(t))
     end
     for k, v in pairs(t) do out[k] = v end
   end
@@ -150,12 +166,12 @@ end
 function methods:sync(...)
   local n = select("#", ...)
   if n == 0 then
-    error(require("rl.core").error("usage", "sync: give the model(s) to copy the weights into", 1), 2)
+    raise("usage", "sync: give the model(s) to copy the weights into")
   end
   for i = 1, n do
     local t = select(i, ...)
     if getmetatable(t) ~= getmetatable(self) then
-      error(require("rl.core").error("usage", ("sync: argument %d is not a model handle"):format(i), 1), 2)
+      raise("usage", ("sync: argument %d is not a model handle"):format(i))
     end
   end
   local ex = self:_call("export", {})

@@ -245,7 +245,7 @@ t.test("save and restore through the handle reproduce the next step", function()
   os.execute("rm -rf " .. t.shquote(d))
 end)
 
-t.test("corrupt safetensors and another model's checkpoint: config errors, handle usable", function()
+t.test("corrupt safetensors, another model's checkpoint: config errors, handle usable", function()
   local d = tmpdir()
   wrk:save(d)
   -- Another model: same files, other architecture in the manifest.
