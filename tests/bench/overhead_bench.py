@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Host overhead: the same generate + train_step loop on builtin:tiny, driven once by a
-Lua recipe through rlhost (tests/bench/overhead.lua, embedded engine) and once by a plain
-Python loop calling the engine's dispatch directly (no JSON, no host), each in a fresh
-process, alternating, best of --repeat. Prints one JSON object for tests/bench/run:
+Lua recipe through rlhost (tests/bench/overhead.lua, embedded engine) and once by
+tests/bench/engine_bench.py --python-loop (a plain Python loop calling the engine's
+entry point rlengine.host.call), each in a fresh process, alternating, best of
+--repeat. Prints one JSON object for tests/bench/run:
 
   overhead_ratio      rlhost loop wall time / Python loop wall time (aim: <= 1.03)
   overhead_lua_s      best rlhost loop time;  overhead_python_s: best Python loop time
-  overhead_cpu_ratio  the same for CPU time of the driving process (steadier when busy)
-  overhead_same_work  true when both loops produced the same sum of step losses
+  overhead_cpu_ratio  the same for CPU time of the driving process (steadier when the
+                      machine is busy; wall times on a shared 2-core box are not)
+  overhead_same_work  true when both loops trained the same way (equal loss sums)
 
-Both loops time only the steps (after the model is loaded). The workload is defined in
-overhead.lua and mirrored in python_loop() below: change both together.
+engine_bench's reward counts vowels among Unicode letters, which Lua cannot reproduce
+bit for bit on the random bytes an untrained model writes; here its `reward` is
+swapped for the ASCII-only one overhead.lua uses, so both loops send the very same
+requests (checked through the step losses). Everything else is engine_bench's loop.
 
   .venv/bin/python tests/bench/overhead_bench.py --host build/rlhost [--steps 50]
 """
@@ -26,50 +30,34 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def reward(text: str) -> float:
-    b = text.encode("utf-8")
-    if not b:
-        return 0.0
-    return sum(1 for c in b if 97 <= c <= 122) / len(b)
+def ascii_reward(text: str) -> float:
+    letters = [c | 0x20 for c in text.encode("utf-8") if 65 <= c <= 90 or 97 <= c <= 122]
+    return sum(c in b"aeiou" for c in letters) / len(letters) if letters else 0.0
 
 
-def python_loop(steps: int, prompts: int, group: int, max_tokens: int, seed: int,
-                lr: float) -> dict:
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    from rlengine.dispatch import dispatch
+def python_loop(steps: int) -> dict:
+    """engine_bench.py's loop, instrumented: step losses and CPU time are recorded by
+    wrapping its `call`, its reward made ASCII-only (see the module docstring)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "bench"))
+    import engine_bench as eb
 
-    def call(req: dict) -> dict:
-        r = dispatch(req)
-        if not r.get("ok"):
-            raise SystemExit(f"engine error: {r['error']['message']}")
-        return r
+    rec = {"loss_sum": 0.0, "cpu0": None}
+    inner = eb.call
 
-    h = call({"id": 1, "op": "load", "path": "builtin:tiny", "seed": seed, "lr": lr})["model"]
-    t0, c0 = time.monotonic(), time.process_time()
-    loss_sum, tokens, rid = 0.0, 0, 1
-    for s in range(steps):
-        ps = [f"task {s}-{j}: " for j in range(prompts)]
-        rid += 1
-        gen = call({"id": rid, "op": "generate", "model": h, "prompts": ps, "n": group,
-                    "max_tokens": max_tokens, "seed": seed + s})
-        samples = [x for grp in gen["samples"] for x in grp]
-        adv = []
-        for g in range(prompts):
-            r = [reward(samples[g * group + j]["text"]) for j in range(group)]
-            total = 0.0
-            for x in r:
-                total = total + x
-            mean = total / group
-            adv += [x - mean for x in r]
-        rid += 1
-        call({"id": rid, "op": "backward", "model": h, "samples": samples, "loss": "pg",
-              "advantages": adv})
-        rid += 1
-        st = call({"id": rid, "op": "step", "model": h, "clip": 1.0})
-        loss_sum += st["loss"]
-        tokens += st["tokens"]
-    return {"loop_s": time.monotonic() - t0, "cpu_s": time.process_time() - c0,
-            "loss_sum": loss_sum, "tokens": tokens, "steps": steps}
+    def call(**req):
+        if req["op"] == "generate" and rec["cpu0"] is None:
+            rec["cpu0"] = time.process_time()
+        rep = inner(**req)
+        if req["op"] == "step":
+            rec["loss_sum"] += rep["loss"]
+            rec["cpu1"] = time.process_time()
+        return rep
+
+    eb.call, eb.reward = call, ascii_reward
+    a = argparse.Namespace(threads=0, steps=steps, prompts=8, group=4, max_tokens=16)
+    r = eb.python_loop(a)
+    return {"loop_s": r["wall_s"], "cpu_s": rec["cpu1"] - rec["cpu0"],
+            "loss_sum": rec["loss_sum"], "steps": steps}
 
 
 def last_json(out: str) -> dict:
@@ -85,10 +73,8 @@ def main() -> int:
                     help="also time the worker transport (overhead_worker_ratio)")
     ap.add_argument("--python-loop", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    work = {"steps": args.steps, "prompts": 8, "group": 4, "max_tokens": 32, "seed": 0,
-            "lr": 1e-4}
     if args.python_loop:
-        print(json.dumps(python_loop(**work)))
+        print(json.dumps(python_loop(args.steps)))
         return 0
 
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "scripts"), HF_HUB_OFFLINE="1")
@@ -114,8 +100,6 @@ def main() -> int:
         "overhead_lua_s": lua_best,
         "overhead_python_s": py_best,
         "overhead_steps": args.steps,
-        # CPU seconds of the driving process (all its threads): steadier than wall time
-        # on a busy machine. Not comparable for the worker, whose engine runs elsewhere.
         "overhead_cpu_ratio": (min(r["cpu_s"] for r in lua_runs)
                                / min(r["cpu_s"] for r in py_runs)),
         "overhead_same_work": all(r["loss_sum"] == py_runs[0]["loss_sum"]
