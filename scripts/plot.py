@@ -4,6 +4,7 @@
     .venv/bin/python scripts/plot.py runs/x                 # runs/x/metrics.png
     .venv/bin/python scripts/plot.py runs/x -o curves.png
     .venv/bin/python scripts/plot.py --report runs/x/eval/report.json   # report.png
+    .venv/bin/python scripts/plot.py --stages runs/d/sft runs/d/rlaif [--report R] -o d.png
 
 metrics.jsonl holds one JSON object per step (rl.run writes it). Curves are drawn
 for the keys a recipe logs under the usual names (reward, loss, kl, grad_norm,
@@ -134,17 +135,14 @@ def plot_run(run_dir: str, out: str | None) -> str:
     return out
 
 
-def plot_report(report: str, out: str | None) -> str:
-    """Bars of mean reward (± standard error) per model and scorer."""
-    with open(report, encoding="utf-8") as f:
-        rep = json.load(f)
+def draw_report(ax: Any, rep: dict, report: str) -> None:
+    """Bars of mean reward (± standard error) per model and scorer, into ax."""
     rows = rep.get("rows", [])
     if not rows:
         raise SystemExit(f"plot.py: {report} has no rows")
     models = list(dict.fromkeys(str(r.get("model", "")) for r in rows))
     scorers = list(dict.fromkeys(str(r.get("scorer", "")) for r in rows))
     width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(scorers) * max(1, len(models))), 3.4))
     for mi, m in enumerate(models):
         means, errs, xs = [], [], []
         for si, s in enumerate(scorers):
@@ -163,8 +161,79 @@ def plot_report(report: str, out: str | None) -> str:
     if len(models) > 1 or models[0]:
         ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+
+
+def plot_report(report: str, out: str | None) -> str:
+    """Bars of mean reward (± standard error) per model and scorer."""
+    with open(report, encoding="utf-8") as f:
+        rep = json.load(f)
+    rows = rep.get("rows", [])
+    if not rows:
+        raise SystemExit(f"plot.py: {report} has no rows")
+    models = list(dict.fromkeys(str(r.get("model", "")) for r in rows))
+    scorers = list(dict.fromkeys(str(r.get("scorer", "")) for r in rows))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(scorers) * max(1, len(models))), 3.4))
+    draw_report(ax, rep, report)
     fig.tight_layout()
     out = out or os.path.splitext(report)[0] + ".png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_stages(run_dirs: list[str], report: str | None, out: str) -> str:
+    """Consecutive runs (SFT, then RL from its checkpoint) on one step axis: the
+    held-out reward each logged as eval_reward, the RL run's training reward, and the
+    evaluation report's bars when given."""
+    stages = []
+    offset = 0
+    for d in run_dirs:
+        rows = read_metrics(os.path.join(d, "metrics.jsonl"))
+        if not rows:
+            raise SystemExit(f"plot.py: {d}/metrics.jsonl has no metrics lines")
+        stages.append((os.path.basename(os.path.normpath(d)), offset, rows))
+        offset += max(r["step"] for r in rows)
+    panels = 2 + (1 if report else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.4), squeeze=False)
+    ax = axes[0][0]
+    for name, off, rows in stages:
+        for key, style in (("eval_reward", "-o"), ("eval_exact", "--s")):
+            pts = [(off + r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                xs, ys = zip(*pts)
+                label = f"{name}: held-out {'reward' if key == 'eval_reward' else 'exact match'}"
+                ax.plot(xs, ys, style, ms=3, lw=1.2, label=label)
+        if off:
+            ax.axvline(off, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("step (stages in sequence)", fontsize=8)
+    ax.set_title("held-out, greedy", fontsize=10)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax = axes[0][1]
+    for name, off, rows in stages:
+        pts = [(off + r["step"], r["reward"]) for r in rows
+               if isinstance(r.get("reward"), (int, float))]
+        if pts:
+            xs, ys = zip(*pts)
+            k = max(1, len(ys) // 20)  # a moving average over ~5% of the run
+            smooth = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1])
+                      for i in range(len(ys))]
+            ax.plot(xs, ys, lw=0.6, alpha=0.4)
+            ax.plot(xs, smooth, lw=1.4, label=f"{name}: training samples' reward")
+            if off:
+                ax.axvline(off, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("step (stages in sequence)", fontsize=8)
+    ax.set_title("reward of sampled answers", fontsize=10)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    if report:
+        with open(report, encoding="utf-8") as f:
+            rep = json.load(f)
+        draw_report(axes[0][2], rep, report)
+        axes[0][2].set_title("held-out evaluation", fontsize=10)
+    fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
@@ -175,8 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", nargs="?", help="a run directory holding metrics.jsonl")
     ap.add_argument("--report", help="an evaluation report.json to plot instead")
     ap.add_argument("-o", "--out", help="output PNG path")
+    ap.add_argument("--stages", nargs="+", metavar="RUN_DIR",
+                    help="runs done in sequence (SFT, then RL), plotted on one step axis")
     args = ap.parse_args(argv)
-    if args.report:
+    if args.stages:
+        out = plot_stages(args.stages, args.report, args.out or "stages.png")
+    elif args.report:
         out = plot_report(args.report, args.out)
     elif args.run_dir:
         out = plot_run(args.run_dir, args.out)

@@ -6,6 +6,7 @@ local rl = {}
 for k, v in pairs(core) do rl[k] = v end
 rl.json = require "rl.json"
 rl.config = require("rl.config").config
+rl.optional = require("rl.config").optional  -- a setting with no default: rl.optional "string"
 
 -- Datasets, batching, advantages, fallbacks, runs and evaluation (lua/rl/*.lua).
 rl.fs = require "rl.fs"

@@ -1,0 +1,128 @@
+-- recipes/eval.lua — evaluate a model or checkpoint on a dataset with one or more
+-- scorers, or two side by side; writes report.md, report.json and report.png.
+--
+--   build/rlhost recipes/eval.lua checkpoint=runs/rlaif               # one model
+--   build/rlhost recipes/eval.lua checkpoint=runs/sft compare=runs/rlaif out=runs/cmp
+--
+-- `checkpoint` and `compare` take a checkpoint directory (ckpt-N/) or a run
+-- directory (its newest complete checkpoint); without `checkpoint` the model at
+-- `model` is evaluated as it is. Scorers: the task's native reward, exact match
+-- against the reference, and, when a teacher is configured (RL_TEACHER_URL, see
+-- recipes/rlaif.lua), the teacher grading with the task's rubric and, comparing two
+-- models, the teacher choosing between their answers to each prompt (pairwise).
+local rl = require "rl"
+
+local cfg = rl.config {
+  task = "sort",                  -- recipes/tasks/<task>.lua: held-out data, rubric, reward
+  model = "builtin:tiny",         -- the architecture the checkpoints hold
+  checkpoint = rl.optional "string", -- model A
+  compare = rl.optional "string", -- model B, side by side with A
+  label = rl.optional "string",   -- names in the report (default: the paths)
+  compare_label = rl.optional "string",
+  data = rl.optional "string",    -- default: the task's held-out file
+  limit = 0,                      -- evaluate the first `limit` prompts (0: all)
+  n = 1,                          -- samples per prompt (pass@k for k = 1 and n)
+  temperature = 0.0,              -- 0: greedy
+  max_tokens = 0,                 -- 0: the task's
+  scorers = "native,exact,judge", -- judge only when a teacher is configured
+  pairwise = true,                -- with a teacher and two models: the teacher picks one
+  out = "runs/eval",              -- where the report goes
+  title = rl.optional "string",
+  teacher_url = rl.optional("string", os.getenv "RL_TEACHER_URL"),
+  teacher_model = rl.optional("string", os.getenv "RL_TEACHER_MODEL"),
+  teacher_api = os.getenv "RL_TEACHER_API" or "openai-chat",
+  teacher_key_env = rl.optional("string", os.getenv "RL_TEACHER_KEY_ENV"),
+  teacher_timeout = 60,
+  judge_cache = rl.optional "string",
+  rubric = rl.optional "string",  -- default: the task's
+  seed = 1,
+  threads = 0,
+}
+
+local function find(path)  -- default paths are relative to the rlhost tree
+  if path:sub(1, 1) == "/" or rl.fs.stat(path) then return path end
+  local alt = rl.home .. "/" .. path
+  return rl.fs.stat(alt) and alt or path  -- missing either way: the reader names it
+end
+local task = require("tasks." .. cfg.task)
+local max_tokens = cfg.max_tokens > 0 and cfg.max_tokens or task.max_tokens
+
+-- Inputs first: a bad data file, a missing checkpoint or rubric stops here (exit 2).
+local data = rl.dataset(find(cfg.data or task.heldout))
+local models = {}
+if cfg.checkpoint then
+  models[1] = {label = cfg.label or cfg.checkpoint, dir = rl.checkpoint.find(cfg.checkpoint)}
+else
+  models[1] = {label = cfg.label or cfg.model}
+end
+if cfg.compare then
+  models[2] = {label = cfg.compare_label or cfg.compare, dir = rl.checkpoint.find(cfg.compare)}
+  if models[2].label == models[1].label then models[2].label = models[2].label .. " (B)" end
+end
+
+local teacher
+if cfg.teacher_url then
+  teacher = rl.endpoint{url = cfg.teacher_url, model = cfg.teacher_model, api = cfg.teacher_api,
+                        api_key_env = cfg.teacher_key_env, timeout = cfg.teacher_timeout}
+end
+local available = {
+  native = function() return task.reward end,
+  exact = function() return rl.reward.exact{} end,  -- the completion equals the reference
+  judge = function()
+    return teacher and rl.judge{endpoint = teacher, rubric = find(cfg.rubric or task.rubric),
+                                scale = {0, 10}, cache = cfg.judge_cache}
+  end,
+}
+local scorers = {}
+for name in cfg.scorers:gmatch("[^,%s]+") do
+  if not available[name] then
+    error(rl.error{kind = "config", where = "rlhost: ",
+                   message = ("unknown scorer '%s' in scorers= (native, exact, judge)"):format(name)}, 0)
+  end
+  local s = available[name]()
+  if s then scorers[#scorers + 1] = {name, s} end
+end
+if cfg.scorers:find("judge") and not teacher then
+  io.stderr:write("rlhost: no teacher configured (RL_TEACHER_URL): the judge scorer is left out\n")
+end
+
+local rows = data:all()
+if cfg.limit > 0 and #rows > cfg.limit then rows = rl.slice(rows, 1, cfg.limit) end
+local gen = {max_tokens = max_tokens, temperature = cfg.temperature, stop = task.stop,
+             seed = cfg.seed}
+local k = cfg.n > 1 and {1, cfg.n} or {1}
+
+-- One handle; each model's weights are restored into it in turn.
+local policy <close> = rl.model{path = cfg.model, seed = cfg.seed,
+                                threads = cfg.threads > 0 and cfg.threads or nil}
+local report, samples_of = {}, {}
+for _, m in ipairs(models) do
+  if m.dir then policy:restore(m.dir) end
+  local r, samples = rl.eval.run{source = policy, data = rows, scorers = scorers, n = cfg.n,
+                                 k = k, gen = gen, model = m.label}
+  for _, row in ipairs(r) do report[#report + 1] = row end
+  samples_of[#samples_of + 1] = samples
+end
+
+-- Pairwise: for every prompt the teacher sees A's and B's answers (in both orders)
+-- and picks one; a model's score is its win rate (ties count half).
+if teacher and cfg.pairwise and #models == 2 then
+  local pj = rl.judge{endpoint = teacher, mode = "pairwise", cache = cfg.judge_cache}
+  local pairs_, a, b = {}, samples_of[1], samples_of[2]
+  for i = 1, #a do pairs_[#pairs_ + 1] = a[i]; pairs_[#pairs_ + 1] = b[i] end
+  local rewards, info = rl.score(pj, pairs_)
+  for side = 1, 2 do
+    local rs, inf = {}, {}
+    for i = 1, #a do rs[i], inf[i] = rewards[2 * i - 2 + side], info[2 * i - 2 + side] end
+    local row = rl.eval.summary(rs, inf, {n = cfg.n, k = k, pass = 1.0, count = #a})
+    row.model, row.scorer, row.n = models[side].label, "pairwise", cfg.n
+    report[#report + 1] = row
+  end
+end
+
+local title = cfg.title or ("%s on %s (%d prompts, n=%d, temperature %g)")
+  :format(#models == 2 and "comparison" or "evaluation", cfg.data or task.heldout, #rows, cfg.n,
+          cfg.temperature)
+local paths, md = rl.eval.report(report, {dir = cfg.out, title = title})
+io.stdout:write(md)
+io.stderr:write(("rlhost: report in %s%s\n"):format(paths.md, paths.png and (" and " .. paths.png) or ""))

@@ -1,0 +1,259 @@
+-- recipes/rlaif.lua — reinforcement learning from AI feedback, GRPO-style.
+--
+--   build/rlhost recipes/rlaif.lua init=runs/sft                 # from the SFT warm start
+--   RL_TEACHER_URL=http://127.0.0.1:8000/v1 RL_TEACHER_MODEL=qwen2.5-7b-instruct \
+--     build/rlhost recipes/rlaif.lua init=runs/sft steps=200 lr=1e-4
+--
+-- Each step: sample a group of completions per prompt from the policy, score them
+-- (a teacher model grading with the task's rubric, else the task's native reward),
+-- turn the scores into group-relative advantages, and take one policy-gradient step
+-- accumulated over micro-batches. Every knob below is a key=value override.
+--
+-- The teacher: RL_TEACHER_URL (an OpenAI-compatible /v1 base URL or Anthropic's),
+-- RL_TEACHER_MODEL, RL_TEACHER_API (openai-chat | openai-completions | anthropic) and
+-- the API key in the environment variable the endpoint reads (OPENAI_API_KEY,
+-- ANTHROPIC_API_KEY, or the one RL_TEACHER_KEY_ENV names). Keys never reach the run
+-- directory.
+local rl = require "rl"
+
+local cfg = rl.config {
+  task = "sort",                  -- recipes/tasks/<task>.lua: data, rubric, native reward
+  model = "builtin:tiny",         -- a builtin: model or a local Hugging Face directory
+  init = rl.optional "string",    -- warm start: a checkpoint or run directory (runs/sft)
+  data = rl.optional "string",    -- training prompts (default: the task's)
+  eval_data = rl.optional "string", -- held-out prompts for eval_reward (default: the task's)
+  dir = "runs/rlaif",
+  steps = 100,
+  prompts = 8,                    -- prompts per step
+  group = 8,                      -- samples per prompt: the baseline is the group's mean
+  micro_batch = 32,               -- samples per forward/backward (gradient accumulation)
+  epochs = 1,                     -- passes over each step's samples (PPO reuses them)
+  minibatches = 1,                -- optimizer updates per pass
+  loss = "pg",                    -- "pg" (REINFORCE with a group baseline) or "ppo" (clipped)
+  clip_low = 0.2, clip_high = 0.2, -- PPO's ratio clip range
+  lr = 3e-4,
+  weight_decay = 0.0,
+  clip = 1.0,                     -- max global gradient norm
+  kl = 0.0,                       -- weight of the KL penalty to the reference (the init)
+  temperature = 1.0,              -- sampling temperature (exploration)
+  max_tokens = 0,                 -- 0: the task's
+  baseline = "group",             -- or "rloo" (leave-one-out)
+  normalize = "std",              -- "std" (GRPO), "mean" (Dr. GRPO), "none"
+  skip_zero_var = true,           -- groups whose samples all scored the same teach nothing
+  train_off_policy = false,       -- train on samples the fallback generator (teacher) wrote
+  generator = "policy",           -- "policy" (in process) or "worker" (a child process
+                                  -- synced after every step; a crash falls back to the teacher)
+  gen_timeout = 120,              -- seconds a worker generator may take per call
+  teacher_url = rl.optional("string", os.getenv "RL_TEACHER_URL"),
+  teacher_model = rl.optional("string", os.getenv "RL_TEACHER_MODEL"),
+  teacher_api = os.getenv "RL_TEACHER_API" or "openai-chat",
+  teacher_key_env = rl.optional("string", os.getenv "RL_TEACHER_KEY_ENV"),
+  teacher_timeout = 60,           -- seconds per request attempt
+  teacher_concurrency = 16,
+  judge_cache = rl.optional "string", -- SQLite file of judge scores (reruns ask nothing)
+  rubric = rl.optional "string",  -- default: the task's
+  eval_every = 25,                -- held-out greedy reward every k steps (0: never)
+  eval_prompts = 200,
+  checkpoint_every = 25,
+  keep_last = 2,
+  plot = true,                    -- metrics.png at the end (needs matplotlib in .venv)
+  resume = true,                  -- continue the run in `dir` if there is one
+  fresh = false,                  -- start again in `dir`, removing its checkpoints
+  seed = 1,
+  threads = 0,                    -- torch threads; 0 = one per core
+}
+
+local function find(path)  -- default paths are relative to the rlhost tree
+  if path:sub(1, 1) == "/" or rl.fs.stat(path) then return path end
+  local alt = rl.home .. "/" .. path
+  return rl.fs.stat(alt) and alt or path  -- missing either way: the reader names it
+end
+local function note(msg) io.stderr:write("rlhost: " .. msg .. "\n") end
+local task = require("tasks." .. cfg.task)
+local max_tokens = cfg.max_tokens > 0 and cfg.max_tokens or task.max_tokens
+local threads = cfg.threads > 0 and cfg.threads or nil
+
+-- Cheap checks first (data files, rubric, teacher settings): bad input stops the
+-- run with exit status 2 before a model loads or the run directory is touched.
+local data = rl.dataset(find(cfg.data or task.train), {shuffle = true, seed = cfg.seed})
+local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout)) or nil
+
+-- The teacher, when one is configured: it grades samples with the rubric (the
+-- judge) and stands in for a failing local generator.
+local teacher, judge
+if cfg.teacher_url then
+  teacher = rl.endpoint{url = cfg.teacher_url, model = cfg.teacher_model, api = cfg.teacher_api,
+                        api_key_env = cfg.teacher_key_env, timeout = cfg.teacher_timeout,
+                        concurrency = cfg.teacher_concurrency}
+  judge = rl.judge{endpoint = teacher, rubric = find(cfg.rubric or task.rubric), scale = {0, 10},
+                   cache = cfg.judge_cache}
+else
+  note(("no teacher configured (RL_TEACHER_URL): scoring with the %s task's native reward")
+       :format(cfg.task))
+end
+
+-- The run directory: refused here if it holds another config's run (more steps, or
+-- the directory moved, are fine: resuming extends the run).
+local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwrite = cfg.fresh,
+                   checkpoint_every = cfg.checkpoint_every, keep_last = cfg.keep_last,
+                   plot = cfg.plot,
+                   allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir"}}
+
+-- Scoring: the judge first; samples it cannot score (server down, an answer with no
+-- readable score) go to the native reward. rl.fallback prints one line the first
+-- time it falls back and counts every sample by source for the metrics.
+local scorer = rl.fallback{judge, task.reward, names = {judge and "judge", "native"}}
+
+-- The policy. Its weights start from `init` (copied from a second handle, so the
+-- optimizer starts fresh); that handle stays as the frozen reference for the KL term.
+local policy <close> = rl.model{path = cfg.model, lr = cfg.lr, seed = cfg.seed,
+                                weight_decay = cfg.weight_decay, threads = threads}
+local reference
+if cfg.init or cfg.kl > 0 then
+  reference = rl.model{path = cfg.model, seed = cfg.seed, threads = threads}
+  if cfg.init then reference:restore(rl.checkpoint.find(cfg.init)) end
+  reference:sync(policy)
+end
+
+-- Generation: the policy itself, or a worker process holding a copy of its weights;
+-- either way the teacher (when configured) takes over if it fails. Samples the
+-- teacher writes are marked off_policy.
+local worker = cfg.generator == "worker" and
+               rl.model{path = cfg.model, transport = "worker", timeout = cfg.gen_timeout,
+                        seed = cfg.seed, threads = threads} or nil
+local generator = rl.fallback{worker or policy, teacher, names = {"policy", teacher and "teacher"}}
+
+-- A checkpoint holds the policy (weights, optimizer), the data cursor and Lua's
+-- random state: a run killed at any point resumes exactly where it stopped.
+run:model(policy)
+run:dataset(data)
+
+-- KL(policy || reference) of each sample, summed over its tokens: the penalty that
+-- keeps the policy near the warm start. It is taken from the reward (as InstructGPT
+-- does), because the reference is the init checkpoint held in another handle.
+local function kl_per_sample(samples)
+  local mine = {}
+  local need = {}
+  for i, s in ipairs(samples) do
+    if s.logprobs and cfg.temperature == 1.0 then mine[i] = s.logprobs else need[#need + 1] = i end
+  end
+  if #need > 0 then  -- teacher samples, or log-probs recorded at another temperature
+    local sub = {}
+    for j, i in ipairs(need) do sub[j] = samples[i] end
+    local lp = policy:logprobs(sub)
+    for j, i in ipairs(need) do mine[i] = lp[j] end
+  end
+  local ref = reference:logprobs(samples)
+  local out = {}
+  for i = 1, #samples do
+    local d = 0.0
+    for t = 1, #ref[i] do d = d + (mine[i][t] - ref[i][t]) end
+    out[i] = d
+  end
+  return out
+end
+
+-- Greedy held-out reward and exact-match rate: the numbers the run is judged by,
+-- logged as eval_reward and eval_exact every eval_every steps.
+local eval_rows = heldout and rl.slice(heldout:all(), 1, math.min(cfg.eval_prompts, #heldout))
+local function evaluate()
+  local r = rl.eval.run{source = policy, data = eval_rows, scorers = {{"native", task.reward}},
+                        gen = {max_tokens = max_tokens, temperature = 0, stop = task.stop, seed = 0}}
+  return r[1].mean, r[1].pass_at["1"]
+end
+
+for step in run:steps(cfg.steps) do
+  -- 1. Sample. The seed comes from (seed, step), so a resumed run draws the same
+  -- samples; a worker generator first gets the weights of the last update.
+  local stop = run:phase("generate")
+  if worker and worker:info().version ~= policy:info().version then pcall(policy.sync, policy, worker) end
+  local samples = rl.generate(generator, data:next(cfg.prompts),
+                              {n = cfg.group, max_tokens = max_tokens, stop = task.stop,
+                               temperature = cfg.temperature, seed = cfg.seed * 1000003 + step})
+  stop()
+
+  -- 2. Score: one reward per sample in [0, 1]; nil when nothing could score it.
+  stop = run:phase("score")
+  local rewards = rl.score(scorer, samples, {raise = true})
+  stop()
+
+  -- 3. Advantages. The KL penalty comes off the reward first; then each sample is
+  -- compared with the other samples of its prompt, so the model learns which of its
+  -- own answers were better, whatever the prompt's difficulty.
+  stop = run:phase("kl")
+  local shaped, kls = rewards, nil
+  if cfg.kl > 0 then
+    kls = kl_per_sample(samples)
+    shaped = {}
+    for i = 1, #samples do
+      if rewards[i] ~= nil then shaped[i] = rewards[i] - cfg.kl * kls[i] end
+    end
+  end
+  stop()
+  local adv, ainfo = rl.advantages(shaped, {group = cfg.group, baseline = cfg.baseline,
+                                            normalize = cfg.normalize,
+                                            skip_zero_var = cfg.skip_zero_var, n = #samples})
+  -- Off-policy samples (the teacher's) train only when asked: the policy-gradient
+  -- estimate assumes the policy wrote them.
+  local off = 0
+  for i, s in ipairs(samples) do
+    if s.off_policy then
+      off = off + 1
+      if not cfg.train_off_policy then adv[i] = nil end
+    end
+  end
+
+  -- 4. Update: gradients accumulate over micro-batches and are normalised by the
+  -- whole batch's token count, so the result does not depend on micro_batch.
+  stop = run:phase("train")
+  local train = {}
+  for i, s in ipairs(samples) do
+    if adv[i] ~= nil then s.advantage = adv[i]; train[#train + 1] = s end
+  end
+  local stats, clipped = {}, 0
+  if #train > 0 then
+    local missing = {}
+    for _, s in ipairs(train) do if not s.ids then missing[#missing + 1] = s end end
+    if #missing > 0 then  -- teacher text: PPO's ratio needs its log-probs under the policy
+      local lp = policy:logprobs(missing)
+      for j, s in ipairs(missing) do s.logprobs = lp[j] end
+    end
+    local per = math.ceil(#train / cfg.minibatches)
+    for _ = 1, cfg.epochs do
+      for first = 1, #train, per do
+        local mini = rl.slice(train, first, math.min(first + per - 1, #train))
+        local tokens = 0
+        for _, s in ipairs(mini) do tokens = tokens + #(s.ids or s.logprobs) end
+        for mb in rl.chunks(mini, cfg.micro_batch) do
+          local a = {}
+          for j, s in ipairs(mb) do a[j] = s.advantage end
+          local b = policy:backward(mb, {loss = cfg.loss, advantages = a, total_tokens = tokens,
+                                         temperature = cfg.temperature > 0 and cfg.temperature or nil,
+                                         clip_low = cfg.clip_low, clip_high = cfg.clip_high})
+          clipped = clipped + b.clip_frac * #mb / (#train * cfg.epochs)
+        end
+        stats = policy:step{clip = cfg.clip, lr = cfg.lr}
+      end
+    end
+  end
+  stop()
+
+  -- 5. Metrics: what happened this step, with the fallbacks' counts.
+  local r = rl.stats(rewards, #samples)
+  local exact = 0
+  for i = 1, #samples do if rewards[i] == 1 then exact = exact + 1 end end
+  local rec = {reward = r.mean, reward_std = r.std, exact = exact / #samples,
+               unscored = r.missing, samples = #samples, trained = #train, off_policy = off,
+               zero_var_groups = ainfo.zero_var, loss = stats.loss, grad_norm = stats.grad_norm,
+               entropy = stats.entropy, lr = stats.lr,
+               clip_frac = cfg.loss == "ppo" and clipped or nil,
+               version = policy:info().version,
+               kl = kls and rl.mean(kls) or nil}
+  local sc, gen = scorer:stats{reset = true}, generator:stats{reset = true}
+  rec.scored_by, rec.score_fallbacks, rec.score_failures = sc.samples, sc.fallbacks, sc.failures
+  rec.generated_by, rec.gen_fallbacks, rec.gen_failures = gen.samples, gen.fallbacks, gen.failures
+  if heldout and (step % cfg.eval_every == 0 or step == cfg.steps) then
+    rec.eval_reward, rec.eval_exact = run:time("eval", evaluate)
+  end
+  run:log(rec)
+end

@@ -1,0 +1,109 @@
+-- recipes/sft.lua — supervised fine-tuning on prompt/completion pairs: the warm
+-- start for RL (recipes/rlaif.lua starts from its run directory with init=...).
+--
+--   build/rlhost recipes/sft.lua                      # the sort task, runs/sft/
+--   build/rlhost recipes/sft.lua steps=300 dir=runs/sft-long data=my.jsonl
+--
+-- Data: JSON Lines with "prompt" and "completion" (other fields are ignored here).
+-- The run directory holds config.json, metrics.jsonl (loss per step), checkpoints
+-- ckpt-<step>/ and metrics.png; the last checkpoint is the trained model.
+local rl = require "rl"
+
+local cfg = rl.config {
+  task = "sort",                  -- recipes/tasks/<task>.lua names the default data
+  model = "builtin:tiny",         -- a builtin: model or a local Hugging Face directory
+  init = rl.optional "string",    -- start from this checkpoint or run directory's weights
+  data = rl.optional "string",    -- default: the task's training file
+  eval_data = rl.optional "string", -- held-out prompts for eval_reward (default: the task's)
+  dir = "runs/sft",
+  steps = 150,
+  batch = 32,                     -- examples per optimizer step
+  micro_batch = 32,               -- examples per forward/backward (gradient accumulation)
+  lr = 2e-3,
+  schedule = "constant",          -- or "linear", "cosine" (over `steps`)
+  warmup = 0,
+  weight_decay = 0.0,
+  clip = 1.0,                     -- max global gradient norm
+  seed = 1,                       -- initial weights, data order
+  threads = 0,                    -- torch threads; 0 = one per core
+  transport = "embedded",         -- or "worker" (the engine in a child process)
+  eval_every = 25,                -- held-out greedy reward every k steps (0: never)
+  eval_prompts = 200,
+  checkpoint_every = 50,
+  keep_last = 2,                  -- checkpoints kept (the newest)
+  plot = true,                    -- metrics.png at the end (needs matplotlib in .venv)
+  resume = true,                  -- continue the run in `dir` if there is one
+  fresh = false,                  -- start again in `dir`, removing its checkpoints
+}
+
+-- Paths in the defaults are relative to the rlhost tree, so the recipe runs from
+-- any directory; a path that exists relative to the current directory wins.
+local function find(path)
+  if path:sub(1, 1) == "/" or rl.fs.stat(path) then return path end
+  local alt = rl.home .. "/" .. path
+  return rl.fs.stat(alt) and alt or path  -- missing either way: the reader names it
+end
+local task = require("tasks." .. cfg.task)
+
+-- Check what is cheap to check before loading anything: a bad data file stops the
+-- run here (file and line named, exit status 2) and the run directory stays as it was.
+local data = rl.dataset(find(cfg.data or task.train),
+                        {shuffle = true, seed = cfg.seed, require = {"prompt", "completion"}})
+local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout)) or nil
+-- The run directory: refused here if it holds another config's run (more steps, or
+-- the directory moved, are fine: resuming extends the run).
+local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwrite = cfg.fresh,
+                   checkpoint_every = cfg.checkpoint_every, keep_last = cfg.keep_last,
+                   plot = cfg.plot,
+                   allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir"}}
+
+local policy <close> = rl.model{
+  path = cfg.model, lr = cfg.lr, seed = cfg.seed, weight_decay = cfg.weight_decay,
+  schedule = cfg.schedule, warmup = cfg.warmup,
+  total_steps = cfg.schedule ~= "constant" and cfg.steps or nil,
+  threads = cfg.threads > 0 and cfg.threads or nil, transport = cfg.transport,
+}
+if cfg.init then
+  -- Weights only (a fresh optimizer): a second handle reads the checkpoint and copies
+  -- its weights across, so a checkpoint of another model fails here, before the run
+  -- directory is touched.
+  local from <close> = rl.model{path = cfg.model, threads = cfg.threads > 0 and cfg.threads or nil}
+  from:restore(rl.checkpoint.find(cfg.init))
+  from:sync(policy)
+end
+
+-- Greedy held-out reward and exact-match rate (logged as eval_reward, eval_exact):
+-- the same measure recipes/rlaif.lua logs, so the two runs' curves line up.
+local eval_rows = heldout and rl.slice(heldout:all(), 1, math.min(cfg.eval_prompts, #heldout))
+local function evaluate()
+  local r = rl.eval.run{source = policy, data = eval_rows, scorers = {{"native", task.reward}},
+                        gen = {max_tokens = task.max_tokens, temperature = 0, stop = task.stop,
+                               seed = 0}}
+  return r[1].mean, r[1].pass_at["1"]
+end
+
+-- What a checkpoint holds: the weights with their optimizer state, and the data
+-- cursor, so a resumed run sees the same batches an uninterrupted one would.
+run:model(policy)
+run:dataset(data)
+
+for step in run:steps(cfg.steps) do
+  local rows = data:next(cfg.batch)
+  local examples = {}
+  for i, r in ipairs(rows) do examples[i] = {prompt = r.prompt, text = r.completion} end
+  -- Every example weighs the same ("seq-mean" over the whole batch), so summing the
+  -- micro-batches' gradients gives exactly the full batch's gradient.
+  local stop = run:phase("train")
+  for mb in rl.chunks(examples, cfg.micro_batch) do
+    policy:backward(mb, {loss = "sft", agg = "seq-mean", total_samples = #examples})
+  end
+  local stats = policy:step{clip = cfg.clip}
+  stop()
+  local rec = {loss = stats.loss, grad_norm = stats.grad_norm, lr = stats.lr,
+               entropy = stats.entropy, tokens = stats.tokens, samples = #examples,
+               epoch = data:state().epoch}
+  if heldout and (step % cfg.eval_every == 0 or step == cfg.steps) then
+    rec.eval_reward, rec.eval_exact = run:time("eval", evaluate)
+  end
+  run:log(rec)
+end
