@@ -12,14 +12,54 @@
 
 #include "py.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include "sig.h"
 
 static int state;           /* 0 not started, 1 ready, -1 failed for good */
 static char init_err[1024]; /* why it failed */
 static PyObject *call_fn;   /* the engine's call(request_json) */
 static PyObject *close_fn;  /* its close_all(), or NULL */
+
+/* A second Ctrl-C must end an embedded call as it ends a wait on a worker, but the
+ * call runs on this thread inside the interpreter, and the interpreter has no SIGINT
+ * handler of its own (SIGINT belongs to host/sig.c). So a watcher thread looks at
+ * sig_level() while a call is in flight and, at level 2, raises KeyboardInterrupt in
+ * the calling thread (PyThreadState_SetAsyncExc); the engine turns it into an error
+ * reply of kind "interrupted" at its next bytecode. in_call and caller_tid change only
+ * with the GIL held, and the watcher reads them with the GIL held, so an exception
+ * can never be aimed at a call that has already returned. Calls made after the
+ * second Ctrl-C (closing models as the host stops) are left alone. */
+static volatile int in_call;        /* 1 while py_call is inside the engine */
+static volatile int interruptible;  /* that call began before the second Ctrl-C */
+static unsigned long caller_tid;
+
+static void *watch_interrupts(void *arg)
+{
+    (void)arg;
+    int fired = 0;
+    for (;;) {
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+        if (sig_level() < 2) {
+            fired = 0;
+            continue;
+        }
+        if (fired || !(in_call && interruptible)) /* a hint; confirmed under the GIL */
+            continue;
+        PyGILState_STATE g = PyGILState_Ensure();
+        if (in_call && interruptible) {
+            PyThreadState_SetAsyncExc(caller_tid, PyExc_KeyboardInterrupt);
+            fired = 1;
+        }
+        PyGILState_Release(g);
+    }
+    return NULL;
+}
 
 void py_default_params(py_params *p)
 {
@@ -151,8 +191,17 @@ int py_init(const py_params *p, char *err, size_t errlen)
     if (state == 0) {
         int rc = start(p);
         state = rc == PY_OK ? 1 : -1;
-        if (state == 1)
+        if (state == 1) {
             atexit(at_exit);
+            pthread_t t;
+            pthread_attr_t at;
+            pthread_attr_init(&at);
+            pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+            /* Without the watcher (no thread to be had) a second Ctrl-C still stops
+             * the recipe, only after the call in flight returns. */
+            pthread_create(&t, &at, watch_interrupts, NULL);
+            pthread_attr_destroy(&at);
+        }
     }
     if (state == 1)
         return PY_OK;
@@ -171,8 +220,15 @@ int py_call(const char *req, size_t n, char **reply, size_t *reply_len, char *er
     }
     int rc = PY_OK;
     PyGILState_STATE g = PyGILState_Ensure();
+    caller_tid = PyThread_get_thread_ident();
+    interruptible = sig_level() < 2;
+    in_call = 1;
     PyObject *arg = PyUnicode_DecodeUTF8(req, (Py_ssize_t)n, "strict");
     PyObject *res = arg ? PyObject_CallOneArg(call_fn, arg) : NULL;
+    in_call = 0;
+    /* An interrupt that arrived after the engine's last bytecode must not surface in
+     * the next call: clear it. */
+    PyThreadState_SetAsyncExc(caller_tid, NULL);
     Py_XDECREF(arg);
     Py_ssize_t len = 0;
     const char *s = res ? PyUnicode_AsUTF8AndSize(res, &len) : NULL;

@@ -105,5 +105,38 @@ def test_embedded_python_leaves_sigint_to_the_host(tmp_path):
     assert p.returncode == 130, (out, err)
 
 
+LONG_EMBEDDED = r"""
+local rl = require "rl"
+local m = rl.model { path = "builtin:tiny", threads = 1 }
+rl.generate(m, { "warm" }, { max_tokens = 2 })
+print("ready")
+io.stdout:flush()
+local t0 = rl.fs.monotonic()
+local ok, e = pcall(rl.generate, m, { "a", "b", "c" }, { n = 64, max_tokens = 240 })
+io.stderr:write(("call ended after %.2f s: %s\n"):format(rl.fs.monotonic() - t0, tostring(e)))
+"""
+
+
+@pytest.mark.skipif(not os.access(RLHOST, os.X_OK), reason="rlhost not built")
+def test_second_sigint_interrupts_an_embedded_call(tmp_path):
+    """py.c's watcher raises KeyboardInterrupt in the engine at a second Ctrl-C: the
+    call ends with kind=interrupted long before the generate would have finished."""
+    recipe = tmp_path / "long.lua"
+    recipe.write_text(LONG_EMBEDDED)
+    p = subprocess.Popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=ROOT)
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    took = time.monotonic() - t0
+    assert p.returncode == 130, (out, err)
+    assert "interrupted error" in err, err
+    assert took < 3, f"{took:.1f} s from the second Ctrl-C to exit\n{err}"
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
