@@ -13,6 +13,7 @@
 #include "py.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,8 +35,8 @@ static PyObject *close_fn;  /* its close_all(), or NULL */
  * with the GIL held, and the watcher reads them with the GIL held, so an exception
  * can never be aimed at a call that has already returned. Calls made after the
  * second Ctrl-C (closing models as the host stops) are left alone. */
-static volatile int in_call;        /* 1 while py_call is inside the engine */
-static volatile int interruptible;  /* that call began before the second Ctrl-C */
+static atomic_int in_call;       /* 1 while py_call is inside the engine */
+static atomic_int interruptible; /* that call began before the second Ctrl-C */
 static unsigned long caller_tid;
 
 static void *watch_interrupts(void *arg)
@@ -43,7 +44,7 @@ static void *watch_interrupts(void *arg)
     (void)arg;
     int fired = 0;
     for (;;) {
-        struct timespec ts = {0, 50 * 1000000L};
+        struct timespec ts = {0, 50 * 1000000L}; /* 20 cheap wake-ups a second */
         nanosleep(&ts, NULL);
         if (sig_level() < 2) {
             fired = 0;
