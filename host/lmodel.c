@@ -17,6 +17,7 @@
  * the load, its optimizer state and its version (a generator gets current weights
  * back at the recipe's next sync; info().restarts counts restarts). */
 #include <limits.h>
+#include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,10 +66,14 @@ static int user_level(lua_State *L)
     return 1;
 }
 
-static int raise_kind(lua_State *L, const char *kind, int retryable, const char *fmt,
-                      const char *a, const char *b)
+static int raise_kind(lua_State *L, const char *kind, int retryable, const char *fmt, ...)
 {
-    rl_pusherror(L, user_level(L), kind, retryable, fmt, a, b);
+    int level = user_level(L);
+    va_list ap;
+    va_start(ap, fmt);
+    const char *msg = lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    rl_pusherror(L, level, kind, retryable, "%s", msg);
     return lua_error(L);
 }
 
@@ -138,8 +143,8 @@ static void check_options(lua_State *L, int idx)
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         if (lua_type(L, -2) != LUA_TSTRING) {
-            raise_kind(L, "config", 0, "rl.model: option names must be strings, got a %s%s",
-                       luaL_typename(L, -2), "");
+            raise_kind(L, "config", 0, "rl.model: option names must be strings, got a %s",
+                       luaL_typename(L, -2));
         }
         const char *k = lua_tostring(L, -2);
         const Opt *o = load_opts;
@@ -158,7 +163,7 @@ static void check_options(lua_State *L, int idx)
             if (best)
                 raise_kind(L, "config", 0,
                            "rl.model: unknown option '%s' (did you mean '%s'?)", k, best);
-            raise_kind(L, "config", 0, "rl.model: unknown option '%s'%s", k, "");
+            raise_kind(L, "config", 0, "rl.model: unknown option '%s'", k);
         }
         int ok;
         switch (o->type) {
@@ -179,16 +184,16 @@ static void check_options(lua_State *L, int idx)
                 got = "non-integer number";
             lua_pushfstring(L, "rl.model: option '%s' must be %s, got a %s", k,
                             type_name(o->type), got);
-            raise_kind(L, "config", 0, "%s%s", lua_tostring(L, -1), "");
+            raise_kind(L, "config", 0, "%s", lua_tostring(L, -1));
         }
         if (strcmp(k, "timeout") == 0 &&
             !(lua_tonumber(L, -1) > 0 && isfinite(lua_tonumber(L, -1))))
             raise_kind(L, "config", 0, "rl.model: option 'timeout' must be a positive number "
-                                       "of seconds%s%s", "", "");
+                                       "of seconds");
         if (strcmp(k, "transport") == 0 && strcmp(lua_tostring(L, -1), "embedded") != 0 &&
             strcmp(lua_tostring(L, -1), "worker") != 0)
             raise_kind(L, "config", 0, "rl.model: option 'transport' must be 'embedded' or "
-                                       "'worker', got '%s'%s", lua_tostring(L, -1), "");
+                                       "'worker', got '%s'", lua_tostring(L, -1));
         if (strcmp(k, "transport") != 0 && strcmp(k, "timeout") != 0) {
             lua_pushvalue(L, -2);
             if (o->type == 'I')
@@ -201,7 +206,7 @@ static void check_options(lua_State *L, int idx)
     }
     if (lua_getfield(L, idx, "path") != LUA_TSTRING || lua_rawlen(L, -1) == 0)
         raise_kind(L, "config", 0, "rl.model: option 'path' is required (builtin:tiny, "
-                                   "builtin:small or a model directory)%s%s", "", "");
+                                   "builtin:small or a model directory)");
     lua_pop(L, 1);
     lua_pushliteral(L, "load");
     lua_setfield(L, req, "op");
@@ -321,7 +326,7 @@ static void worker_exchange(lua_State *L, Model *m, lua_Integer id, const char *
         if (!isreply) {
             lua_pop(L, 1);
             raise_kind(L, "parse", 0, "%s: the worker's reply is not a JSON object with an "
-                       "'ok' field%s", op, "");
+                       "'ok' field", op);
         }
         lua_getfield(L, -1, "id");
         int isnum = lua_isinteger(L, -1);
@@ -347,7 +352,7 @@ static void worker_exchange(lua_State *L, Model *m, lua_Integer id, const char *
         proc_kill(m->pr);
         drop_worker(m);
         raise_kind(L, "crash", 1, "%s: the worker answered out of order (protocol error); it "
-                   "was stopped%s", op, "");
+                   "was stopped", op);
     }
 }
 
@@ -456,7 +461,7 @@ static void exchange(lua_State *L, Model *m, int idx, const char *op, double tim
     }
     int reply = lua_gettop(L);
     if (!lua_istable(L, reply))
-        raise_kind(L, "parse", 0, "%s: the engine's reply is not a JSON object%s", op, "");
+        raise_kind(L, "parse", 0, "%s: the engine's reply is not a JSON object", op);
     lua_getfield(L, reply, "ok");
     int ok = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -504,7 +509,7 @@ static Model *check_open(lua_State *L, int idx)
 {
     Model *m = check_model(L, idx);
     if (!m->open)
-        raise_kind(L, "usage", 0, "the model handle is closed%s%s", "", "");
+        raise_kind(L, "usage", 0, "the model handle is closed");
     return m;
 }
 
@@ -525,7 +530,7 @@ static int m_call(lua_State *L)
     if (lua_getfield(L, 3, "timeout") != LUA_TNIL) {
         if (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) > 0))
             raise_kind(L, "config", 0, "%s: option 'timeout' must be a positive number of "
-                       "seconds%s", op, "");
+                       "seconds", op);
         timeout = lua_tonumber(L, -1);
         lua_pushnil(L);
         lua_setfield(L, 3, "timeout");
@@ -583,11 +588,11 @@ static void find_paths(lua_State *L, Model *m)
     lua_getfield(L, LUA_REGISTRYINDEX, "rl.home");
     const char *home = lua_tostring(L, -1);
     if (!home)
-        raise_kind(L, "internal", 0, "rl.model: the rlhost home is unknown%s%s", "", "");
+        raise_kind(L, "internal", 0, "rl.model: the rlhost home is unknown");
     if (home_venv(home, m->venv, sizeof m->venv, err, sizeof err) != 0)
-        raise_kind(L, "config", 0, "rl.model: %s%s", err, "");
+        raise_kind(L, "config", 0, "rl.model: %s", err);
     if ((size_t)snprintf(m->scripts, sizeof m->scripts, "%s/scripts", home) >= sizeof m->scripts)
-        raise_kind(L, "config", 0, "rl.model: home path too long%s%s", "", "");
+        raise_kind(L, "config", 0, "rl.model: home path too long");
     lua_pop(L, 1);
 }
 
@@ -620,7 +625,7 @@ static int m_open(lua_State *L)
         pp.scripts = m->scripts;
         char err[1024];
         if (py_init(&pp, err, sizeof err) != PY_OK)
-            raise_kind(L, "config", 0, "rl.model: %s%s", err, "");
+            raise_kind(L, "config", 0, "rl.model: %s", err);
     }
     /* Keep a copy of the load request for worker restarts (exchange adds an id). */
     lua_newtable(L);
@@ -634,8 +639,7 @@ static int m_open(lua_State *L)
     exchange(L, m, 2, "load", timeout > 0 ? fmax(timeout, LOAD_FLOOR_S) : 0); /* 4 */
     lua_getfield(L, 4, "model");
     if (!lua_isinteger(L, -1))
-        raise_kind(L, "internal", 0, "load: the engine's reply has no model handle%s%s", "",
-                   "");
+        raise_kind(L, "internal", 0, "load: the engine's reply has no model handle");
     m->handle = lua_tointeger(L, -1);
     m->open = 1;
     lua_pop(L, 1);
