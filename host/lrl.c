@@ -47,6 +47,24 @@ void rl_error_init(lua_State *L)
     lua_pop(L, 1);
 }
 
+/* Push "FILE:LINE: " for the recipe line an error belongs to: the first Lua frame at
+ * or above `level` that is not the rl library itself (lua/rl/), so a bad option
+ * given to rl.endpoint{} names the recipe's line rather than the wrapper that passed
+ * it on; luaL_where(L, level) when no such frame exists. */
+static void push_where(lua_State *L, int level)
+{
+    lua_Debug ar;
+    for (int lv = level; lv < level + 64 && lua_getstack(L, lv, &ar); lv++) {
+        if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0)
+            continue;
+        if (strstr(ar.source, "/lua/rl/") != NULL)
+            continue;
+        lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+        return;
+    }
+    luaL_where(L, level);
+}
+
 static void pusherror_v(lua_State *L, int level, const char *kind, int retryable,
                         const char *fmt, va_list ap)
 {
@@ -58,7 +76,7 @@ static void pusherror_v(lua_State *L, int level, const char *kind, int retryable
     lua_pushboolean(L, retryable);
     lua_setfield(L, -2, "retryable");
     if (level > 0) {
-        luaL_where(L, level);
+        push_where(L, level);
         lua_setfield(L, -2, "where");
     }
     rl_error_init(L);
@@ -101,7 +119,7 @@ static int l_error(lua_State *L)
         luaL_argerror(L, 1, "error table needs a string 'kind'");
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "where") == LUA_TNIL) {
-        luaL_where(L, 1);
+        push_where(L, 1);
         lua_setfield(L, 1, "where");
     }
     lua_pop(L, 1);
