@@ -204,10 +204,13 @@ else
   t.skip("embedded and worker give identical generations and losses", NO_EMBED)
 end
 
-local function shm_exports()
-  local p = io.popen("ls /dev/shm 2>/dev/null | grep -c '^rlengine-' || true")
-  local n = tonumber(p:read("a")) or 0
-  p:close()
+-- Weight files the engine process `pid` exported (named rlengine-PID-...): other
+-- processes' exports (a concurrent engine test) do not count.
+local function shm_exports(pid)
+  local n = 0
+  for _, name in ipairs(rl.fs.list("/dev/shm")) do
+    if name:find("rlengine-" .. pid .. "-", 1, true) == 1 then n = n + 1 end
+  end
   return n
 end
 
@@ -216,11 +219,13 @@ t.test("sync: trainer weights reach a worker generator, same log-probs", functio
   local gen <close> = rl.model(opts { transport = "worker", seed = 12345 })
   local samples = rl.generate(trainer, { "abc", "hello" }, { n = 2, max_tokens = 6, seed = 1 })
   trainer:train_step(samples, { loss = "sft", clip = 1.0 })
-  local before = shm_exports()
+  local _, wpid = trainer:_transport()
+  local exporter = wpid or my_pid()
+  local before = shm_exports(exporter)
   local v = trainer:sync(gen)
   t.eq(v, trainer:info().version)
   t.eq(gen:info().version, v, "the generator takes the trainer's version")
-  t.eq(shm_exports(), before, "the weight file was removed after its one read")
+  t.eq(shm_exports(exporter), before, "the weight file was removed after its one read")
   local lt = trainer:logprobs(samples)
   local lg = gen:logprobs(samples)
   for i = 1, #lt do same_list(lt[i], lg[i], "synced logprobs " .. i) end
