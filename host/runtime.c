@@ -129,7 +129,28 @@ int rt_report(lua_State *L, int status)
         code = EXIT_USAGE;
     else if (kind && strcmp(kind, "interrupted") == 0)
         code = EXIT_INTERRUPTED;
-    const char *msg = luaL_tolstring(L, -1, NULL);
+    const char *msg;
+    int has_tostring = luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL;
+    if (has_tostring)
+        lua_pop(L, 1);
+    if (lua_istable(L, -1) && !has_tostring) {
+        /* A plain table (error{kind=..., message=...} without rl.error): print its
+         * fields, not "table: 0x...". */
+        lua_getfield(L, -1, "kind");
+        lua_getfield(L, -2, "message"); /* stack: err, kind, message */
+        const char *k = lua_isstring(L, -2) ? lua_tostring(L, -2) : NULL;
+        const char *m = lua_isstring(L, -1) ? lua_tostring(L, -1) : NULL;
+        if (m)
+            msg = k ? lua_pushfstring(L, "%s error: %s", k, m) : lua_pushfstring(L, "error: %s", m);
+        else if (k)
+            msg = lua_pushfstring(L, "%s error (the error table has no message)", k);
+        else
+            msg = lua_pushliteral(L, "(error object is a table value with no message)");
+        lua_replace(L, -3); /* err, msg, message */
+        lua_pop(L, 1);
+    } else {
+        msg = luaL_tolstring(L, -1, NULL);
+    }
     fprintf(stderr, "%s\n", msg);
     lua_pop(L, 1);
     if (lua_istable(L, -1) && code == EXIT_RUNTIME) {
