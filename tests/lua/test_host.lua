@@ -44,7 +44,7 @@ end)
 t.test("a table error without __tostring still reports", function()
   local st, _, err = t.rlhost{"-e", "error({1,2})"}
   t.eq(st, 1)
-  t.match(err, "^table: ")
+  t.match(err, "^%(error object is a table value with no message%)")
 end)
 
 t.test("configuration errors exit 2 with one line, no traceback", function()
