@@ -42,7 +42,8 @@ def call(request_json: str) -> str:
             return encode(error_reply(None, "internal", f"{type(exc).__name__}: {exc}",
                                       traceback.format_exc()))
         except BaseException:
-            return '{"id":null,"ok":false,"error":{"kind":"internal","message":"unencodable reply","traceback":""}}'
+            return ('{"id":null,"ok":false,"error":{"kind":"internal",'
+                    '"message":"unencodable reply","traceback":""}}')
 
 
 def close_all() -> None:

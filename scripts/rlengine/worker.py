@@ -37,8 +37,13 @@ def main() -> int:
             reply = call(line.decode("utf-8"))
         except UnicodeDecodeError as exc:
             reply = encode(error_reply(None, "config", f"request is not valid UTF-8: {exc}"))
-        replies.write(reply.encode("utf-8") + b"\n")
-        replies.flush()
+        try:
+            replies.write(reply.encode("utf-8") + b"\n")
+            replies.flush()
+        except BrokenPipeError:  # the host is gone: nobody to answer
+            logging.getLogger("rlengine").warning("reply pipe closed; exiting")
+            close_all()
+            return 1
     close_all()
     return 0
 
