@@ -230,9 +230,26 @@ end
 
 function methods:info() return self:_info() end
 
+-- Option names rl.endpoint{} reads (host/lendpoint.c); any other is a typo that
+-- would otherwise be ignored (api_key_evn: no key sent, a 401 much later).
+local KNOWN = { url = 1, api = 1, model = 1, api_key_env = 1, ca_file = 1, headers = 1,
+                timeout = 1, connect_timeout = 1, deadline = 1, concurrency = 1,
+                max_retries = 1, rpm = 1, retry_base = 1, retry_max = 1, retry_after_max = 1 }
+
 function M.new(opts)
   if type(opts) ~= "table" then
     error(core.error { kind = "config", message = "rl.endpoint{url=...}: expected a table" }, 2)
+  end
+  for k in pairs(opts) do
+    if not KNOWN[k] then
+      local best, bestd
+      for name in pairs(KNOWN) do
+        local d = core.distance(tostring(k), name)
+        if d <= 3 and (not bestd or d < bestd or (d == bestd and name < best)) then best, bestd = name, d end
+      end
+      error(core.error { kind = "config", message = ("rl.endpoint: unknown option '%s'%s")
+                         :format(tostring(k), best and (" (did you mean '%s'?)"):format(best) or "") }, 2)
+    end
   end
   return C.new(opts)
 end

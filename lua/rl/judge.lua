@@ -105,8 +105,21 @@ local function median(xs)
   return (xs[n // 2] + xs[n // 2 + 1]) / 2
 end
 
+local KNOWN = { endpoint = 1, rubric = 1, scale = 1, votes = 1, temperature = 1, max_tokens = 1,
+                parse = 1, mode = 1, cache = 1, system = 1 }
+
 function M.judge(opts)
   if type(opts) ~= "table" then config_error("expected a table of options") end
+  for k in pairs(opts) do
+    if not KNOWN[k] then
+      local best, bestd
+      for name in pairs(KNOWN) do
+        local d = core.distance(tostring(k), name)
+        if d <= 3 and (not bestd or d < bestd or (d == bestd and name < best)) then best, bestd = name, d end
+      end
+      config_error("unknown option '%s'%s", tostring(k), best and (" (did you mean '%s'?)"):format(best) or "")
+    end
+  end
   local ep = opts.endpoint
   if not ep or not ep.chat then config_error("'endpoint' must be an rl.endpoint handle") end
   local mode = opts.mode or "pointwise"
@@ -127,6 +140,16 @@ function M.judge(opts)
   end
   local rubric = read_rubric(opts.rubric) or
                  (mode == "pairwise" and M.DEFAULT_PAIRWISE_RUBRIC or M.DEFAULT_RUBRIC)
+  -- A rubric that never shows the judge the answer would be graded blind.
+  local need = mode == "pairwise" and { "{a}", "{b}" } or { "{completion}" }
+  for _, slot in ipairs(need) do
+    if not rubric:find(slot, 1, true) then
+      config_error("the %s rubric %s has no %s placeholder (placeholders: %s)", mode,
+                   type(opts.rubric) == "string" and not opts.rubric:find("[{\n]") and opts.rubric
+                   or "(given as text)", slot, mode == "pairwise" and "{prompt} {a} {b}"
+                   or "{prompt} {completion} {reference} {lo} {hi}")
+    end
+  end
   local self = setmetatable({
     endpoint = ep, mode = mode, lo = lo, hi = hi, votes = votes, parse = parse,
     rubric = rubric, temperature = opts.temperature or 0, max_tokens = opts.max_tokens or 1024,
