@@ -72,8 +72,9 @@ end
 local function read_jsonl(path, required)
   local f, err = io.open(path, "rb")
   if not f then config_error("cannot open dataset %s", err or path) end
-  local text = f:read("a")
+  local text, rerr = f:read("a")
   f:close()
+  if not text then config_error("cannot read dataset %s: %s", path, rerr or "read error") end
   local rows = {}
   local lineno = 0
   for line in (text .. "\n"):gmatch("([^\n]*)\n") do
