@@ -264,6 +264,13 @@ function Run:_start()
   if self.started then return end
   self.started = true
   local found = self.resume and ckpt.latest(self.dir, warn) or nil
+  if self.resume and not found and #ckpt.list(self.dir) > 0 then
+    -- Starting afresh would overwrite the checkpoints and metrics a user may still
+    -- recover from (a copy cut short, a hand edit): refuse, touching nothing.
+    config_error("%s holds checkpoints but none is usable (see the warnings above); resume "
+                 .. "refused: move them away, or pass overwrite=true without resume to start "
+                 .. "again", self.dir)
+  end
   if found then
     ckpt.restore(found, self.parts, warn)  -- may raise (another model): nothing written yet
     self.step = found.step
