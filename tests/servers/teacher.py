@@ -18,6 +18,8 @@ generator:
   echo         (a fault kind) 400 whose body echoes the request headers, so a test
                can check that the client scrubs its key from error texts
   ignore_n     answer one choice whatever n asks for (llama.cpp, Ollama)
+  api_key      when set, a request without this key (Authorization: Bearer or
+               x-api-key) gets 401 with an OpenAI-style body that quotes the key it got
   rule         judge rule: "len10" (score = 1 + len(completion) % 10), "digit" (the
                first digit in the completion; none: an unparsable answer),
                "const:N", "longer" (pairwise: the longer answer wins)
@@ -50,6 +52,7 @@ DEFAULTS = {
     "ignore_n": False,
     "rule": "len10",
     "fail_first": 0,
+    "api_key": None,
 }
 
 RESP_RE = re.compile(r"\[The Start of the Response\]\n(.*?)\n\[The End of the Response\]", re.S)
@@ -134,6 +137,15 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, b'{"error":"not found"}')
             return
         cfg, fault = self.server.admit(self.headers)
+        if cfg["api_key"]:
+            got = self.headers.get("x-api-key") or \
+                (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            if got != cfg["api_key"]:
+                self.server.count("unauthorized")
+                body = {"error": {"message": f"Incorrect API key provided: {got}.",
+                                  "type": "invalid_request_error", "code": "invalid_api_key"}}
+                self._send(401, json.dumps(body).encode())
+                return
         if cfg["latency"]:
             time.sleep(cfg["latency"])
         try:
