@@ -63,6 +63,8 @@ local function coerce(key, want, ov)
   if want == "string" and (got == "integer" or got == "float" or got == "boolean") then
     hint = (" (write %s='\"%s\"' for a string)"):format(key, ov.arg:match("=(.*)"))
   end
+  local n = got == "string" and want ~= "string" and tonumber(ov.value)
+  if n and (n == math.huge or n == -math.huge) then hint = " (out of range)" end
   config_error("setting '%s' expects %s, got %s '%s'%s", key,
                want == "integer" and "an integer" or "a " .. want, got,
                ov.arg:match("=(.*)"), hint)
