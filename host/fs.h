@@ -15,19 +15,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- SHA-256 (FIPS 180-4), incremental ---------------------------------------- */
-
-typedef struct fs_sha256 {
-    uint32_t h[8];      /* chaining state */
-    uint64_t bytes;     /* message length so far */
-    unsigned char buf[64]; /* partial block */
-    size_t fill;        /* bytes in buf */
-} fs_sha256;
-
-void fs_sha256_init(fs_sha256 *c);
-void fs_sha256_update(fs_sha256 *c, const void *data, size_t n);
-/* Finish and write the digest as 64 lowercase hex digits plus NUL into hex[65]. */
-void fs_sha256_final(fs_sha256 *c, char hex[65]);
 /* Digest of a whole file, and its size in bytes (size may be NULL). */
 int fs_sha256_file(const char *path, char hex[65], uint64_t *size, char *err, size_t errlen);
 

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "fs.h"
+#include "sha256.h"
 #include "lrl.h"
 
 #define LIST_MT "rl.fs.list"
@@ -149,11 +150,8 @@ static int l_sha256_string(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
-    fs_sha256 c;
     char hex[65];
-    fs_sha256_init(&c);
-    fs_sha256_update(&c, s, n);
-    fs_sha256_final(&c, hex);
+    sha256_hex(s, n, hex);
     lua_pushstring(L, hex);
     return 1;
 }

@@ -284,22 +284,28 @@ static void enc_value(Enc *e, int idx)
     }
 }
 
-const char *ljson_encode(lua_State *L, int idx, int flags, size_t *len)
+/* Encode the value at idx and push the text; the Enc state and the buffer live in
+ * userdata (removed again before returning), so an error frees them. */
+static void encode_push(lua_State *L, int idx, int flags, int indent)
 {
     idx = lua_absindex(L, idx);
     Enc *e = lua_newuserdatauv(L, sizeof *e, 0); /* large: keep it off the C stack */
     int eidx = lua_gettop(L);
     e->L = L;
     e->flags = flags;
-    e->indent = 0;
+    e->indent = indent;
     e->depth = 0;
     e->b = box_new(L);
-    int bidx = lua_gettop(L);
     enc_value(e, idx);
     lua_pushlstring(L, e->b->p ? e->b->p : "", e->b->len);
     jbuf_free(e->b);
-    lua_remove(L, bidx);
+    lua_remove(L, eidx + 1);
     lua_remove(L, eidx);
+}
+
+const char *ljson_encode(lua_State *L, int idx, int flags, size_t *len)
+{
+    encode_push(L, idx, flags, 0);
     return lua_tolstring(L, -1, len);
 }
 
@@ -320,16 +326,7 @@ static int l_encode(lua_State *L)
             flags |= LJSON_REPLACE_UTF8;
         lua_pop(L, 3);
     }
-    lua_settop(L, 1);
-    Enc *e = lua_newuserdatauv(L, sizeof *e, 0);
-    e->L = L;
-    e->flags = flags;
-    e->indent = indent;
-    e->depth = 0;
-    e->b = box_new(L);
-    enc_value(e, 1);
-    lua_pushlstring(L, e->b->p ? e->b->p : "", e->b->len);
-    jbuf_free(e->b);
+    encode_push(L, 1, flags, indent);
     return 1;
 }
 

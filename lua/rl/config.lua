@@ -3,6 +3,7 @@
 -- nil, string); here they are checked against the defaults, so a typo or a value
 -- of the wrong type stops the run before anything starts (exit status 2).
 local core = require "rl.core"
+local util = require "rl.util"
 
 local M = {}
 
@@ -20,8 +21,6 @@ local function config_error(msg, ...)
   error(core.error{kind = "config", message = msg:format(...), where = "rlhost: "}, 0)
 end
 
-local distance = core.distance  -- case-insensitive edit distance, in C
-
 local function all_keys(t, prefix, out)
   for k, v in pairs(t) do
     if type(k) == "string" then
@@ -34,14 +33,9 @@ local function all_keys(t, prefix, out)
 end
 
 local function suggest(key, defaults)
-  local best, bestd
-  for _, k in ipairs(all_keys(defaults, "", {})) do
-    local dd = distance(key, k)
-    if dd <= math.max(2, #key // 3) and (not bestd or dd < bestd or (dd == bestd and k < best)) then
-      best, bestd = k, dd
-    end
-  end
-  return best and (" (did you mean '%s'?)"):format(best) or ""
+  local known = {}
+  for _, k in ipairs(all_keys(defaults, "", {})) do known[k] = true end
+  return util.suggest(key, known)
 end
 
 local function typename(v)

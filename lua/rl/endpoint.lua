@@ -16,6 +16,7 @@
 local C = require "rl.endpoint_c"
 local json = require "rl.json"
 local core = require "rl.core"
+local util = require "rl.util"
 
 local M = {}
 local methods = C.methods
@@ -240,17 +241,7 @@ function M.new(opts)
   if type(opts) ~= "table" then
     error(core.error { kind = "config", message = "rl.endpoint{url=...}: expected a table" }, 2)
   end
-  for k in pairs(opts) do
-    if not KNOWN[k] then
-      local best, bestd
-      for name in pairs(KNOWN) do
-        local d = core.distance(tostring(k), name)
-        if d <= 3 and (not bestd or d < bestd or (d == bestd and name < best)) then best, bestd = name, d end
-      end
-      error(core.error { kind = "config", message = ("rl.endpoint: unknown option '%s'%s")
-                         :format(tostring(k), best and (" (did you mean '%s'?)"):format(best) or "") }, 2)
-    end
-  end
+  util.check_options(opts, KNOWN, "rl.endpoint")
   return C.new(opts)
 end
 

@@ -7,24 +7,10 @@
 -- prompt-major list: samples[(i-1)*n + j] is sample j of prompt i, with
 -- prompt, text, prompt_ids, ids, logprobs, finish, version, source and group = i
 -- (fields a source cannot give, such as token ids from a text-only API, are nil).
-local core = require "rl.core"
 
 local M = {}
 
--- Raise an rl error whose `where` is the first caller outside the rl library (the
--- recipe line), as the C bindings do.
-local function raise(kind, msg)
-  local where = ""
-  for level = 2, 60 do
-    local info = debug.getinfo(level, "Sl")
-    if not info then break end
-    if info.what ~= "C" and not info.source:find("/lua/rl/", 1, true) then
-      where = ("%s:%d: "):format(info.short_src, info.currentline or 0)
-      break
-    end
-  end
-  error(core.error { kind = kind, message = msg, where = where }, 0)
-end
+local raise = require("rl.util").raise  -- errors name the recipe line
 
 local function config_error(msg) raise("config", "rl.generate: " .. msg) end
 

@@ -22,6 +22,7 @@
 -- the rubric text, the judge settings, the prompt, the completion (and reference or
 -- opponent). Hits make no request. Only successful scores are stored.
 local core = require "rl.core"
+local util = require "rl.util"
 local C = require "rl.cache"
 local json = require "rl.json"
 
@@ -110,16 +111,7 @@ local KNOWN = { endpoint = 1, rubric = 1, scale = 1, votes = 1, temperature = 1,
 
 function M.judge(opts)
   if type(opts) ~= "table" then config_error("expected a table of options") end
-  for k in pairs(opts) do
-    if not KNOWN[k] then
-      local best, bestd
-      for name in pairs(KNOWN) do
-        local d = core.distance(tostring(k), name)
-        if d <= 3 and (not bestd or d < bestd or (d == bestd and name < best)) then best, bestd = name, d end
-      end
-      config_error("unknown option '%s'%s", tostring(k), best and (" (did you mean '%s'?)"):format(best) or "")
-    end
-  end
+  util.check_options(opts, KNOWN, "rl.judge")
   local ep = opts.endpoint
   if not ep or not ep.chat then config_error("'endpoint' must be an rl.endpoint handle") end
   local mode = opts.mode or "pointwise"

@@ -19,26 +19,12 @@
 -- engine, which names the field at fault (kind="config"); a bad request leaves the
 -- handle usable.
 local C = require "rl.cmodel"
-local core = require "rl.core"
 local null = require("rl.json").null
 
 local M = {}
 local methods = C.methods
 
--- Raise an rl error whose `where` is the first caller outside the rl library (the
--- recipe line), as the C bindings do.
-local function raise(kind, msg)
-  local where = ""
-  for level = 2, 60 do
-    local info = debug.getinfo(level, "Sl")
-    if not info then break end
-    if info.what ~= "C" and not info.source:find("/lua/rl/", 1, true) then
-      where = ("%s:%d: "):format(info.short_src, info.currentline or 0)
-      break
-    end
-  end
-  error(core.error { kind = kind, message = msg, where = where }, 0)
-end
+local raise = require("rl.util").raise  -- errors name the recipe line
 
 local function copy(t)
   local out = {}
