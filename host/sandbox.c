@@ -168,6 +168,7 @@ static void run_child(const sandbox_params *p, const char *const *argv, const ch
     close_from(3, st);
     signal(SIGINT, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL); /* the host ignores it; ignored stays ignored across exec */
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);

@@ -32,6 +32,12 @@ void sig_install(void (*on_second)(void))
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = 0; /* no SA_RESTART: blocking waits return EINTR and look at level */
     sigaction(SIGINT, &sa, NULL);
+    /* A write past RLIMIT_FSIZE (a file-size quota, `ulimit -f`) must fail with
+     * EFBIG like a full disk does, so the caller reports it (a checkpoint write
+     * names the file); by default SIGXFSZ kills the host with no message. CPython
+     * ignores it the same way, but the embedded one leaves signals to us.
+     * Children get default dispositions back (proc.c, sandbox.c). */
+    signal(SIGXFSZ, SIG_IGN);
 }
 
 void sig_restore(void)

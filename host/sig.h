@@ -8,7 +8,8 @@
 #define RLHOST_SIG_H
 
 /* Install the SIGINT handler. `on_second` runs inside the handler on the second
- * SIGINT and must be async-signal-safe (lua_sethook is). */
+ * SIGINT and must be async-signal-safe (lua_sethook is). Also ignores SIGXFSZ, so
+ * a write over the file-size limit fails with EFBIG instead of killing the host. */
 void sig_install(void (*on_second)(void));
 /* Restore the default action (used before re-raising to die by the signal). */
 void sig_restore(void);
