@@ -149,11 +149,8 @@ local function restore_into(t, v)
   if type(v) == "table" then for k, x in pairs(v) do t[k] = x end end
 end
 
--- write(dir, step, parts) -> path, bytes. parts = {models={{name, obj}...},
--- cursors={{name, obj}...}, tables={{name, table}...}} in a fixed order.
-function M.write(dir, step, parts)
-  local pid = fs.getpid()
-  local tmp = ("%s/.tmp-ckpt-%d-%d"):format(dir, step, pid)
+-- Build checkpoint `step` in `tmp` and rename it into place (see write).
+local function write_into(dir, tmp, step, parts, pid)
   fs.remove(tmp)
   fs.mkdir(tmp)
   local state = {format = M.FORMAT, step = step, random = random.state(),
@@ -195,6 +192,33 @@ function M.write(dir, step, parts)
   local bytes = 0
   for _, f in ipairs(files) do bytes = bytes + f.size end
   return final, bytes
+end
+
+-- write(dir, step, parts) -> path, bytes. parts = {models={{name, obj}...},
+-- cursors={{name, obj}...}, tables={{name, table}...}} in a fixed order.
+-- A write that fails (a full disk, a file-size limit) removes its partial
+-- directory and raises an error that says so and names the checkpoint kept, so a
+-- user sees "disk full, ckpt-N is safe" rather than a bare OSError, and no
+-- half-written tree is left to take space.
+function M.write(dir, step, parts)
+  local pid = fs.getpid()
+  local tmp = ("%s/.tmp-ckpt-%d-%d"):format(dir, step, pid)
+  local ok, path, bytes = pcall(write_into, dir, tmp, step, parts, pid)
+  if ok then return path, bytes end
+  local err = path
+  if type(err) == "table" and err.kind == "interrupted" then error(err, 0) end
+  pcall(fs.remove, tmp)
+  local prev
+  for _, c in ipairs(M.list(dir)) do
+    if c.step ~= step and M.verify(c.path) then prev = c; break end
+  end
+  local why = type(err) == "table" and tostring(err.message or err.kind) or tostring(err)
+  error(core.error{kind = type(err) == "table" and err.kind or "io",
+                   retryable = type(err) == "table" and err.retryable or false,
+                   message = ("checkpoint %s/ckpt-%d not written: %s; %s"):format(
+                     dir, step, why, prev and ("the previous checkpoint " .. prev.path
+                                                .. " is kept (resume=true continues from it)")
+                                           or "no earlier checkpoint exists")}, 0)
 end
 
 -- restore(c, parts): load a checkpoint found by latest() into the registered
