@@ -77,7 +77,8 @@ local scorers = {}
 for name in cfg.scorers:gmatch("[^,%s]+") do
   if not available[name] then
     error(rl.error{kind = "config", where = "rlhost: ",
-                   message = ("unknown scorer '%s' in scorers= (native, exact, judge)"):format(name)}, 0)
+                   message = ("unknown scorer '%s' in scorers= (native, exact, judge)")
+                     :format(name)}, 0)
   end
   local s = available[name]()
   if s then scorers[#scorers + 1] = {name, s} end
@@ -125,4 +126,5 @@ local title = cfg.title or ("%s on %s (%d prompts, n=%d, temperature %g)")
           cfg.temperature)
 local paths, md = rl.eval.report(report, {dir = cfg.out, title = title})
 io.stdout:write(md)
-io.stderr:write(("rlhost: report in %s%s\n"):format(paths.md, paths.png and (" and " .. paths.png) or ""))
+io.stderr:write(("rlhost: report in %s%s\n")
+                :format(paths.md, paths.png and (" and " .. paths.png) or ""))

@@ -118,10 +118,20 @@ end
 -- Generation: the policy itself, or a worker process holding a copy of its weights;
 -- either way the teacher (when configured) takes over if it fails. Samples the
 -- teacher writes are marked off_policy.
-local worker = cfg.generator == "worker" and
-               rl.model{path = cfg.model, transport = "worker", timeout = cfg.gen_timeout,
-                        seed = cfg.seed, threads = threads} or nil
-local generator = rl.fallback{worker or policy, teacher, names = {"policy", teacher and "teacher"}}
+local local_gen = policy
+if cfg.generator == "worker" then
+  local worker = rl.model{path = cfg.model, transport = "worker", timeout = cfg.gen_timeout,
+                          seed = cfg.seed, threads = threads}
+  -- The worker gets the policy's weights before every generation (a few MB through
+  -- /dev/shm). A worker that died is restarted by the next call with its initial
+  -- weights, so the sync is what makes its samples the policy's; if even that
+  -- fails, the step's samples come from the teacher.
+  local_gen = function(prompts, opts)
+    if not pcall(policy.sync, policy, worker) then policy:sync(worker) end
+    return worker:generate(prompts, opts)
+  end
+end
+local generator = rl.fallback{local_gen, teacher, names = {"policy", teacher and "teacher"}}
 
 -- A checkpoint holds the policy (weights, optimizer), the data cursor and Lua's
 -- random state: a run killed at any point resumes exactly where it stopped.
@@ -158,15 +168,14 @@ end
 local eval_rows = heldout and rl.slice(heldout:all(), 1, math.min(cfg.eval_prompts, #heldout))
 local function evaluate()
   local r = rl.eval.run{source = policy, data = eval_rows, scorers = {{"native", task.reward}},
-                        gen = {max_tokens = max_tokens, temperature = 0, stop = task.stop, seed = 0}}
+                        gen = {max_tokens = max_tokens, temperature = 0, stop = task.stop,
+                               seed = 0}}
   return r[1].mean, r[1].pass_at["1"]
 end
 
 for step in run:steps(cfg.steps) do
-  -- 1. Sample. The seed comes from (seed, step), so a resumed run draws the same
-  -- samples; a worker generator first gets the weights of the last update.
+  -- 1. Sample. The seed comes from (seed, step), so a resumed run draws the same samples.
   local stop = run:phase("generate")
-  if worker and worker:info().version ~= policy:info().version then pcall(policy.sync, policy, worker) end
   local samples = rl.generate(generator, data:next(cfg.prompts),
                               {n = cfg.group, max_tokens = max_tokens, stop = task.stop,
                                temperature = cfg.temperature, seed = cfg.seed * 1000003 + step})
@@ -215,7 +224,7 @@ for step in run:steps(cfg.steps) do
     local missing = {}
     for _, s in ipairs(train) do if not s.ids then missing[#missing + 1] = s end end
     if #missing > 0 then  -- teacher text: PPO's ratio needs its log-probs under the policy
-      local lp = policy:logprobs(missing)
+      local lp = policy:logprobs(missing, {temperature = cfg.temperature})
       for j, s in ipairs(missing) do s.logprobs = lp[j] end
     end
     local per = math.ceil(#train / cfg.minibatches)
@@ -227,9 +236,10 @@ for step in run:steps(cfg.steps) do
         for mb in rl.chunks(mini, cfg.micro_batch) do
           local a = {}
           for j, s in ipairs(mb) do a[j] = s.advantage end
-          local b = policy:backward(mb, {loss = cfg.loss, advantages = a, total_tokens = tokens,
-                                         temperature = cfg.temperature > 0 and cfg.temperature or nil,
-                                         clip_low = cfg.clip_low, clip_high = cfg.clip_high})
+          local b = policy:backward(mb, {
+            loss = cfg.loss, advantages = a, total_tokens = tokens,
+            temperature = cfg.temperature > 0 and cfg.temperature or nil,
+            clip_low = cfg.clip_low, clip_high = cfg.clip_high})
           clipped = clipped + b.clip_frac * #mb / (#train * cfg.epochs)
         end
         stats = policy:step{clip = cfg.clip, lr = cfg.lr}

@@ -14,6 +14,7 @@ local cfg = rl.config {
   model = "builtin:tiny",         -- a builtin: model or a local Hugging Face directory
   init = rl.optional "string",    -- start from this checkpoint or run directory's weights
   data = rl.optional "string",    -- default: the task's training file
+  examples = 0,                   -- train on the first k examples only (0: all)
   eval_data = rl.optional "string", -- held-out prompts for eval_reward (default: the task's)
   dir = "runs/sft",
   steps = 150,
@@ -47,8 +48,11 @@ local task = require("tasks." .. cfg.task)
 
 -- Check what is cheap to check before loading anything: a bad data file stops the
 -- run here (file and line named, exit status 2) and the run directory stays as it was.
-local data = rl.dataset(find(cfg.data or task.train),
-                        {shuffle = true, seed = cfg.seed, require = {"prompt", "completion"}})
+local opts = {shuffle = true, seed = cfg.seed, require = {"prompt", "completion"}}
+local data = rl.dataset(find(cfg.data or task.train), opts)
+if cfg.examples > 0 and cfg.examples < #data then
+  data = rl.dataset(rl.slice(data:all(), 1, cfg.examples), opts)
+end
 local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout)) or nil
 -- The run directory: refused here if it holds another config's run (more steps, or
 -- the directory moved, are fine: resuming extends the run).

@@ -196,19 +196,27 @@ def plot_stages(run_dirs: list[str], report: str | None, out: str) -> str:
     panels = 2 + (1 if report else 0)
     fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.4), squeeze=False)
     ax = axes[0][0]
-    for name, off, rows in stages:
+    colors = {"eval_reward": "tab:blue", "eval_exact": "tab:green"}
+    labels = {"eval_reward": "held-out reward", "eval_exact": "held-out exact match"}
+    last: dict[str, tuple[int, float]] = {}
+    for i, (name, off, rows) in enumerate(stages):
+        end = off + max(r["step"] for r in rows)
+        if i % 2:
+            ax.axvspan(off, end, color="grey", alpha=0.08, lw=0)
+        ax.text((off + end) / 2, 1.0, name, ha="center", va="top", fontsize=8, color="dimgray")
         for key, style in (("eval_reward", "-o"), ("eval_exact", "--s")):
             pts = [(off + r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if key in last:  # the curve goes on from where the previous stage ended
+                pts.insert(0, last[key])
             if pts:
                 xs, ys = zip(*pts)
-                label = f"{name}: held-out {'reward' if key == 'eval_reward' else 'exact match'}"
-                ax.plot(xs, ys, style, ms=3, lw=1.2, label=label)
-        if off:
-            ax.axvline(off, color="grey", lw=0.8, ls=":")
+                ax.plot(xs, ys, style, ms=3, lw=1.2, color=colors[key],
+                        label=labels[key] if i == 0 else None)
+                last[key] = pts[-1]
     ax.set_xlabel("step (stages in sequence)", fontsize=8)
     ax.set_title("held-out, greedy", fontsize=10)
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     ax = axes[0][1]
     for name, off, rows in stages:

@@ -285,7 +285,8 @@ def test_eval_one_checkpoint_and_a_comparison(tmp_path, sft, uninterrupted):
     assert got == {(m, s) for m in ("sft", "rl") for s in ("native", "exact", "judge", "pairwise")}
     assert {d["scorer"] for d in rep["deltas"]} >= {"native", "exact", "judge"}
     pw = {r["model"]: r for r in rep["rows"] if r["scorer"] == "pairwise"}
-    assert abs(pw["sft"]["mean"] + pw["rl"]["mean"] - 1.0) < 1e-9  # a win for one is a loss for the other
+    # a win for one is a loss for the other
+    assert abs(pw["sft"]["mean"] + pw["rl"]["mean"] - 1.0) < 1e-9
     assert (tmp_path / "two" / "report.png").exists()
     assert "rl − sft" in (tmp_path / "two" / "report.md").read_text()
 
