@@ -98,7 +98,9 @@ def test_hostile_programs(tmp_path):
     cases = [
         {"name": "fork bomb", "code": ":(){ :|:& };:\nsleep 30", "opts": dict(lim, lang="bash")},
         {"name": "fork bomb py", "code": "import os\nwhile True:\n    os.fork()", "opts": dict(lim, lang="python")},
-        {"name": "infinite loop", "code": "while True:\n    pass", "opts": dict(lim, lang="python")},
+        # cpu=1: the CPU limit must fire before the 4 s wall deadline even when the
+        # loop gets a third of a core (two cores, the fork bombs beside it, make san).
+        {"name": "infinite loop", "code": "while True:\n    pass", "opts": dict(lim, lang="python", cpu=1)},
         {"name": "sleep forever", "code": "import time\ntime.sleep(100)", "opts": dict(lim, lang="python")},
         {"name": "allocate", "code": "x = []\nwhile True:\n    x.append(bytearray(10**6))",
          "opts": dict(lim, lang="python")},
