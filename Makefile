@@ -53,13 +53,21 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q).venv/bin/python tests/run --build $(BUILD)
 
-# C and Lua suites under ASan+UBSan, in a separate build directory.
+# The C, Lua and end-to-end suites under ASan+UBSan, in a separate build directory
+# ($RLHOST is build-san/rlhost, so the e2e tests drive the instrumented host against
+# the engine and the test servers). The engine tests (tests/engine) run no host code.
+# exitcode=86: a sanitizer report must not pass for a recipe's runtime error (exit 1
+# is also what ASan and UBSan use by default, and what many tests expect).
+# libasan is the executable's first DT_NEEDED (linked with -fsanitize=address), so it
+# is loaded before libpython and torch: no LD_PRELOAD, verify_asan_link_order or
+# detect_odr_violation setting is needed. Children the host starts (.venv/bin/python
+# workers, sandboxed programs) are not instrumented and ignore these variables.
 san: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build-san SAN=1 OPT="-O1 -g" all
-	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  .venv/bin/python tests/run --build build-san --suites c,lua
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
+	  .venv/bin/python tests/run --build build-san --suites c,lua,e2e
 
 # The C unit tests under valgrind: any leak or memory error fails.
 valgrind: all
