@@ -338,9 +338,10 @@ function Chain:score(samples, opts)
     end
     if #still > 0 and ci < #cands then
       s.fallbacks = s.fallbacks + #still
-      local k = info[still[1]].kind
-      self:_notice(nm, ("%s failed on %d of %d samples (%s); falling back to the next scorer")
-        :format(nm, #still, #pending, k))
+      local first = info[still[1]]
+      local why = type(first.message) == "string" and (": " .. first.message:sub(1, 200)) or ""
+      self:_notice(nm, ("%s failed on %d of %d samples (%s%s); falling back to the next scorer")
+        :format(nm, #still, #pending, first.kind, why))
     end
     pending = still
   end
