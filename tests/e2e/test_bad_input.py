@@ -418,6 +418,16 @@ CASES: list[Case] = [
          env={"RL_TEST_KEY": BAD_KEY}, secret=BAD_KEY),
     Case("401 with no key", "endpoint", ["e.lua"], 1, ["HTTP 401", "e.lua:3"],
          {"e.lua": endpoint('url = "@URL@", max_retries = 0')}),
+    # A judge in a fallback chain is not fatal (exit 0), but the notice says why.
+    Case("401 for a judge with a fallback", "endpoint", ["f.lua"], 0,
+         ["failed on 2 of 2 samples (http: ", "HTTP 401", "Incorrect API key",
+          "falling back to the next scorer"],
+         {"f.lua": """local rl = require "rl"
+local ep = rl.endpoint { url = "@URL@", api_key_env = "RL_TEST_KEY", max_retries = 0 }
+local chain = rl.fallback { rl.judge { endpoint = ep }, rl.reward.exact { expected = "t" } }
+local r = rl.score(chain, { { prompt = "p", text = "t" }, { prompt = "q", text = "u" } })
+assert(r[1] == 1 and r[2] == 0)
+"""}, env={"RL_TEST_KEY": BAD_KEY}, secret=BAD_KEY),
 ]
 
 
