@@ -342,8 +342,14 @@ static int ep_post(lua_State *L)
         set_str(L, "reason", http_kind_name(r->kind));
         lua_pushboolean(L, r->retryable);
         lua_setfield(L, -2, "retryable");
-        if (r->kind != HTTP_OK)
+        if (r->kind != HTTP_OK && (r->status == 401 || r->status == 403) && !e->key) {
+            lua_pushfstring(L, "%s (no API key was sent: name its environment variable with "
+                               "api_key_env, or set %s)", r->err,
+                            e->api == API_ANTHROPIC ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY");
+            lua_setfield(L, -2, "message");
+        } else if (r->kind != HTTP_OK) {
             set_str(L, "message", r->err);
+        }
         if (r->retry_after_ms >= 0)
             set_int(L, "retry_after_ms", r->retry_after_ms);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
