@@ -416,7 +416,8 @@ CASES: list[Case] = [
          ["HTTP 401", "Incorrect API key", "e.lua:3"],
          {"e.lua": endpoint('url = "@URL@", api_key_env = "RL_TEST_KEY", max_retries = 0')},
          env={"RL_TEST_KEY": BAD_KEY}, secret=BAD_KEY),
-    Case("401 with no key", "endpoint", ["e.lua"], 1, ["HTTP 401", "e.lua:3"],
+    Case("401 with no key", "endpoint", ["e.lua"], 1,
+         ["HTTP 401", "no API key was sent", "api_key_env", "OPENAI_API_KEY", "e.lua:3"],
          {"e.lua": endpoint('url = "@URL@", max_retries = 0')}),
     # A judge in a fallback chain is not fatal (exit 0), but the notice says why.
     Case("401 for a judge with a fallback", "endpoint", ["f.lua"], 0,
