@@ -21,6 +21,7 @@ local cfg = rl.config {
   dir = "runs/demo",
   seed = 1,
   sft_steps = 250,      -- warm start: see README ("The demo") for why this many
+  sft_schedule = "constant",
   rl_steps = 60,
   rl_lr = 3e-4,
   prompts = 16,
@@ -80,7 +81,7 @@ local common = {"seed=" .. cfg.seed, "threads=" .. cfg.threads}
 -- 1. SFT: learn the answer format and most of the skill from demonstrations.
 local times = {}
 times.sft = {stage("SFT", "sft.lua", {"dir=" .. dir .. "/sft", "steps=" .. cfg.sft_steps,
-                                      table.unpack(common)})}
+                                      "schedule=" .. cfg.sft_schedule, table.unpack(common)})}
 -- 2. RLAIF: sample, score, reinforce what scored above its group's average.
 times.rl = {stage("RLAIF", "rlaif.lua", {"dir=" .. dir .. "/rlaif", "init=" .. dir .. "/sft",
                                          "steps=" .. cfg.rl_steps, "lr=" .. cfg.rl_lr,

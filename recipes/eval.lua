@@ -66,7 +66,9 @@ if cfg.teacher_url then
                         api_key_env = cfg.teacher_key_env, timeout = cfg.teacher_timeout}
 end
 local available = {
-  native = function() return task.reward end,
+  native = function()  -- the task's own reward (a one-member chain names it in the report)
+    return rl.fallback{task.reward, names = {"native:" .. cfg.task}}
+  end,
   exact = function() return rl.reward.exact{} end,  -- the completion equals the reference
   judge = function()
     return teacher and rl.judge{endpoint = teacher, rubric = find(cfg.rubric or task.rubric),

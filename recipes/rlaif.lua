@@ -32,6 +32,8 @@ local cfg = rl.config {
   loss = "pg",                    -- "pg" (REINFORCE with a group baseline) or "ppo" (clipped)
   clip_low = 0.2, clip_high = 0.2, -- PPO's ratio clip range
   lr = 3e-4,
+  warmup = 0,                     -- steps of linear lr warm-up (a fresh Adam's first
+                                  -- steps move every weight by about lr)
   weight_decay = 0.0,
   clip = 1.0,                     -- max global gradient norm
   kl = 0.0,                       -- weight of the KL penalty to the reference (the init)
@@ -242,7 +244,8 @@ for step in run:steps(cfg.steps) do
             clip_low = cfg.clip_low, clip_high = cfg.clip_high})
           clipped = clipped + b.clip_frac * #mb / (#train * cfg.epochs)
         end
-        stats = policy:step{clip = cfg.clip, lr = cfg.lr}
+        local lr = cfg.lr * math.min(1, step / math.max(1, cfg.warmup))
+        stats = policy:step{clip = cfg.clip, lr = lr}
       end
     end
   end

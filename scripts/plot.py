@@ -203,7 +203,7 @@ def plot_stages(run_dirs: list[str], report: str | None, out: str) -> str:
         end = off + max(r["step"] for r in rows)
         if i % 2:
             ax.axvspan(off, end, color="grey", alpha=0.08, lw=0)
-        ax.text((off + end) / 2, 1.0, name, ha="center", va="top", fontsize=8, color="dimgray")
+        ax.text((off + end) / 2, 1.09, name, ha="center", va="top", fontsize=8, color="dimgray")
         for key, style in (("eval_reward", "-o"), ("eval_exact", "--s")):
             pts = [(off + r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             if key in last:  # the curve goes on from where the previous stage ended
@@ -215,7 +215,7 @@ def plot_stages(run_dirs: list[str], report: str | None, out: str) -> str:
                 last[key] = pts[-1]
     ax.set_xlabel("step (stages in sequence)", fontsize=8)
     ax.set_title("held-out, greedy", fontsize=10)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.1)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     ax = axes[0][1]
