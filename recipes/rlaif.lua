@@ -24,7 +24,7 @@ local cfg = rl.config {
   eval_data = rl.optional "string", -- held-out prompts for eval_reward (default: the task's)
   dir = "runs/rlaif",
   steps = 100,
-  prompts = 8,                    -- prompts per step
+  prompts = 16,                   -- prompts per step
   group = 8,                      -- samples per prompt: the baseline is the group's mean
   micro_batch = 32,               -- samples per forward/backward (gradient accumulation)
   epochs = 1,                     -- passes over each step's samples (PPO reuses them)
@@ -43,8 +43,8 @@ local cfg = rl.config {
   normalize = "std",              -- "std" (GRPO), "mean" (Dr. GRPO), "none"
   skip_zero_var = true,           -- groups whose samples all scored the same teach nothing
   train_off_policy = false,       -- train on samples the fallback generator (teacher) wrote
-  generator = "policy",           -- "policy" (in process) or "worker" (a child process
-                                  -- synced after every step; a crash falls back to the teacher)
+  generator = "policy",           -- "policy" (in process) or "worker" (a child process synced
+                                  -- before every generation; a crash falls back to the teacher)
   gen_timeout = 120,              -- seconds a worker generator may take per call
   teacher_url = rl.optional("string", os.getenv "RL_TEACHER_URL"),
   teacher_model = rl.optional("string", os.getenv "RL_TEACHER_MODEL"),
@@ -74,6 +74,10 @@ local function note(msg) io.stderr:write("rlhost: " .. msg .. "\n") end
 local task = require("tasks." .. cfg.task)
 local max_tokens = cfg.max_tokens > 0 and cfg.max_tokens or task.max_tokens
 local threads = cfg.threads > 0 and cfg.threads or nil
+if cfg.generator ~= "policy" and cfg.generator ~= "worker" then
+  error(rl.error{kind = "config", where = "rlhost: ", message =
+        ("setting 'generator' must be \"policy\" or \"worker\", got %q"):format(cfg.generator)}, 0)
+end
 
 -- Cheap checks first (data files, rubric, teacher settings): bad input stops the
 -- run with exit status 2 before a model loads or the run directory is touched.
