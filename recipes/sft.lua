@@ -54,6 +54,7 @@ if cfg.examples > 0 and cfg.examples < #data then
   data = rl.dataset(rl.slice(data:all(), 1, cfg.examples), opts)
 end
 local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout)) or nil
+
 -- The run directory: refused here if it holds another config's run (more steps, or
 -- the directory moved, are fine: resuming extends the run).
 local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwrite = cfg.fresh,
@@ -61,6 +62,7 @@ local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwri
                    plot = cfg.plot,
                    allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir"}}
 
+-- The model, from scratch (builtin:) or pretrained weights (a Hugging Face directory).
 local policy <close> = rl.model{
   path = cfg.model, lr = cfg.lr, seed = cfg.seed, weight_decay = cfg.weight_decay,
   schedule = cfg.schedule, warmup = cfg.warmup,
