@@ -286,7 +286,7 @@ static void test_epipe(void)
     proc_close(pr);
 }
 
-static void test_env_and_spawn_error(void)
+static void test_env(void)
 {
     proc_params prm;
     proc_default_params(&prm);
@@ -301,7 +301,20 @@ static void test_env_and_spawn_error(void)
         CHECK(n == 11 && memcmp(l, "hello there", 11) == 0);
         proc_close(pr);
     }
+}
+
+/* Under valgrind, whose preload library is in LD_PRELOAD of the program it runs. */
+static int under_valgrind(void)
+{
+    const char *p = getenv("LD_PRELOAD");
+    return p && strstr(p, "vgpreload") != NULL;
+}
+
+static void test_spawn_error(void)
+{
+    proc_params prm;
     int fds = count_fds();
+    proc *pr;
     const char *argv[] = {"/nonexistent/python", "-m", "x", NULL};
     proc_default_params(&prm);
     prm.argv = argv;
@@ -360,7 +373,14 @@ int main(void)
     RUN(test_term_ignored);
     RUN(test_crash);
     RUN(test_epipe);
-    RUN(test_env_and_spawn_error);
+    RUN(test_env);
+    /* glibc's posix_spawn learns of a failed exec through memory its CLONE_VFORK child
+     * shares; valgrind runs that child as a plain fork, so there the failure arrives as
+     * an exit status 127, not PROC_ESPAWN (and the test would leak the proc). */
+    if (under_valgrind())
+        SKIP(test_spawn_error, "valgrind runs posix_spawn's vfork child as a fork");
+    else
+        RUN(test_spawn_error);
     RUN(test_no_inherited_fds);
     RUN(test_interrupt);
     return tap_done();
