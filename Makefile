@@ -28,7 +28,7 @@ ifeq ($(V),1)
 Q =
 endif
 
-.PHONY: all deps test san valgrind fuzz fuzz-build install run bench clean
+.PHONY: all deps test san valgrind fuzz fuzz-build install run bench soak clean
 all: $(BUILD)/rlhost $(TEST_BIN)
 
 deps:
@@ -100,6 +100,14 @@ fuzz:
 	    >build-fuzz/fuzz_$$n.log 2>&1 || { tail -40 build-fuzz/fuzz_$$n.log; exit 1; }; \
 	  grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' build-fuzz/fuzz_$$n.log; \
 	done
+
+# recipes/rlaif.lua for SOAK_STEPS steps under injected faults (judge faults and an
+# outage, worker and host SIGKILLs, a full disk at a checkpoint), then checks the run
+# came out whole; 10-20 minutes. SOAK_ARGS passes more (see tests/soak/soak.py -h).
+SOAK_STEPS ?= 200
+soak: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q).venv/bin/python tests/soak/soak.py --steps $(SOAK_STEPS) --dir $(BUILD)/soak $(SOAK_ARGS)
 
 run: deps
 	$(Q)$(MAKE) --no-print-directory all
