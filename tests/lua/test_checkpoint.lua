@@ -125,6 +125,31 @@ t.test("state that JSON cannot hold is a value error and leaves no temp dir", fu
   t.eq(#rl.fs.list(dir), 0)
 end)
 
+t.test("a write over the file-size limit (a full disk) says so, keeps the previous one", function()
+  -- In a child under `ulimit -f`: the host must get EFBIG, not die of SIGXFSZ, and
+  -- the failed checkpoint must leave no partial directory behind.
+  local dir = root .. "/fsize"
+  local script = root .. "/fsize.lua"
+  t.write(script, ([[
+local rl = require "rl"
+local ck = rl.checkpoint
+local dir = %q
+rl.fs.mkdir(dir)
+local m = {n = 1000}
+function m:save(d) rl.fs.mkdir(d); rl.fs.write(d .. "/w.bin", string.rep("x", self.n)) end
+function m:restore() end
+ck.write(dir, 1, {models = {{"model", m}}})
+m.n = 400000
+ck.write(dir, 2, {models = {{"model", m}}})
+]]):format(dir))
+  local st, _, err = t.rlhost({script}, {env = "ulimit -f 200;"})
+  t.eq(st, 1, err)
+  t.ok(err:find("checkpoint " .. dir .. "/ckpt-2 not written", 1, true), err)
+  t.ok(err:find("the previous checkpoint " .. dir .. "/ckpt-1 is kept", 1, true), err)
+  t.eq(table.concat(rl.fs.list(dir), ","), "ckpt-1")
+  t.ok(ck.verify(dir .. "/ckpt-1"))
+end)
+
 t.test("clean() removes temp leftovers; prune() keeps the newest k", function()
   local dir = root .. "/c"
   rl.fs.mkdir(dir .. "/.tmp-ckpt-3-123/model")
