@@ -73,7 +73,7 @@ san: deps
 valgrind: all
 	$(Q)for t in $(TEST_BIN); do \
 	  valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect \
-	    --error-exitcode=9 $$t >$$t.vglog 2>&1 && echo "valgrind ok   $$t" || \
+	    --suppressions=tests/valgrind.supp --error-exitcode=9 $$t >$$t.vglog 2>&1 && echo "valgrind ok   $$t" || \
 	    { echo "valgrind FAIL $$t (see $$t.vglog)"; exit 1; }; \
 	done
 
