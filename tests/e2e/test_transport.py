@@ -131,11 +131,19 @@ def test_second_sigint_interrupts_an_embedded_call(tmp_path):
     time.sleep(0.1)
     t0 = time.monotonic()
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
+    # Timed to the error report, not to the exit: under make san the exit adds
+    # LeakSanitizer's scan of a heap holding torch (2.5 s here, the stop itself 0.06 s).
+    first = []
+    for line in p.stderr:
+        first.append(line)
+        if "interrupted error" in line:
+            break
     took = time.monotonic() - t0
+    out, rest = p.communicate(timeout=120)
+    err = "".join(first) + rest
     assert p.returncode == 130, (out, err)
     assert "interrupted error" in err, err
-    assert took < 3, f"{took:.1f} s from the second Ctrl-C to exit\n{err}"
+    assert took < 3, f"{took:.1f} s from the second Ctrl-C to the error\n{err}"
 
 
 if __name__ == "__main__":
