@@ -316,7 +316,10 @@ class Soak:
                 stages.append(Stage("kill_ckpt", s, {"RLHOST_TEST_CHECKPOINT_DELAY": "0.3"}))
             else:
                 stages.append(Stage("kill", s))
-        if self.a.disk_full:
+            if i == min(1, kills - 1) and self.a.disk_full:
+                # early, so the run's pace around the outage cannot crowd it out
+                stages.append(Stage("disk_full"))
+        if not kills and self.a.disk_full:
             stages.append(Stage("disk_full"))
         stages.append(Stage("finish"))
         return stages
@@ -328,7 +331,7 @@ class Soak:
         # down, steps score with the native reward, which on this untrained model
         # gives groups of equal rewards, so nothing trains and steps run about ten
         # times faster (30 s covered 110 of 200 steps when it started at step 80).
-        return max(1, int(self.a.steps * 0.3))
+        return max(1, int(self.a.steps * 0.35))
 
     def outage_over(self) -> bool:
         return self.a.outage_s <= 0 or "end" in self.outage
@@ -480,9 +483,10 @@ class Soak:
                 continue
             # a kill planned after the outage waits for its end, so the next host
             # finds the judge back (this one's fallback chain would skip it for
-            # the breaker's cooldown)
+            # the breaker's cooldown), but not past 85% of the run
             if stage.end == "kill" and step >= stage.after_step and \
-                    (stage.after_step < self.outage_step() or self.outage_over()):
+                    (stage.after_step < self.outage_step() or self.outage_over()
+                     or step >= int(self.a.steps * 0.85)):
                 if kill_at is None:
                     kill_at = time.monotonic() + self.rng.uniform(0.0, 2.0)  # a random moment
                 elif time.monotonic() >= kill_at:
@@ -780,7 +784,9 @@ def main(argv: list[str]) -> int:
     # of a second, so the outage covers tens of steps rather than the rest of the run.
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=12)
+    # Longer than the sort task's 12: generation then dominates a step scored without
+    # the judge, so the 30 s outage spans tens of steps, not the rest of the run.
+    ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--checkpoint-every", type=int, default=10)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--eval-prompts", type=int, default=8)
