@@ -495,7 +495,8 @@ class Soak:
                     p.wait()
                     inc.how = f"SIGKILL after step {step}" + (f" (during {tmp[0]})" if tmp else "")
                     break
-            if stage.end == "kill_ckpt" and step >= stage.after_step:
+            # (with a complete checkpoint already there, for the next host to resume)
+            if stage.end == "kill_ckpt" and step >= stage.after_step and checkpoints(self.run_dir):
                 tmp = [t for t in tmp_entries(self.run_dir) if t.startswith(".tmp-ckpt-")]
                 if tmp:
                     time.sleep(self.rng.uniform(0.05, 0.6))  # somewhere inside the write
