@@ -173,7 +173,7 @@ class Judge:
         try:
             for k, v in self.live_stats().items():
                 self.past[k] = self.past.get(k, 0) + v
-        except OSError as e:
+        except (OSError, ValueError) as e:
             log(f"judge /_stats unreadable before stopping it: {e}")
         self.proc.send_signal(signal.SIGINT)  # teacher.py's main stops on KeyboardInterrupt
         try:
@@ -319,8 +319,6 @@ class Soak:
             if i == min(1, kills - 1) and self.a.disk_full:
                 # early, so the run's pace around the outage cannot crowd it out
                 stages.append(Stage("disk_full"))
-        if not kills and self.a.disk_full:
-            stages.append(Stage("disk_full"))
         stages.append(Stage("finish"))
         return stages
 
@@ -593,6 +591,15 @@ class Soak:
                     h.wait()
         return self.finish()
 
+    def abort(self) -> None:
+        for h in self.hosts:
+            if h.poll() is None:
+                h.kill()
+                h.wait()
+        judge = getattr(self, "judge", None)
+        if judge is not None:
+            judge.stop()
+
     # -- checks and summary
 
     def finish(self) -> int:
@@ -802,12 +809,18 @@ def main(argv: list[str]) -> int:
                     help="unplanned host exits tolerated (each restarted with resume=true)")
     ap.add_argument("--strict", action="store_true", help="fail on any unplanned host exit")
     a = ap.parse_args(argv)
+    if a.disk_full and not a.host_kills:
+        ap.error("--disk-full needs --host-kills >= 1 (the limit is sized from a checkpoint)")
     if not os.access(RLHOST, os.X_OK):
         print(f"soak: {RLHOST} is not built (make)", file=sys.stderr)
         return 2
     log(f"seed {a.seed}")
     s = Soak(a)
-    rc = s.run()
+    try:
+        rc = s.run()
+    except BaseException:
+        s.abort()  # a driver bug or Ctrl-C must not leave a judge or host running
+        raise
     if a.strict and s.unplanned:
         print(f"soak: FAILED (--strict): {s.unplanned} unplanned host exits")
         rc = 1
