@@ -46,12 +46,15 @@ local cfg = rl.config {
   generator = "policy",           -- "policy" (in process) or "worker" (a child process synced
                                   -- before every generation; a crash falls back to the teacher)
   gen_timeout = 120,              -- seconds a worker generator may take per call
+  gen_retries = 1,                -- fresh-worker retries of a crashed call before the teacher
   teacher_url = rl.optional("string", os.getenv "RL_TEACHER_URL"),
   teacher_model = rl.optional("string", os.getenv "RL_TEACHER_MODEL"),
   teacher_api = os.getenv "RL_TEACHER_API" or "openai-chat",
   teacher_key_env = rl.optional("string", os.getenv "RL_TEACHER_KEY_ENV"),
   teacher_timeout = 60,           -- seconds per request attempt
   teacher_concurrency = 16,
+  teacher_retries = 4,            -- retries per request (429, 5xx, resets) with backoff
+  breaker_cooldown = 30,          -- seconds a source that keeps failing is skipped
   judge_cache = rl.optional "string", -- SQLite file of judge scores (reruns ask nothing)
   rubric = rl.optional "string",  -- default: the task's
   eval_every = 25,                -- held-out greedy reward every k steps (0: never)
@@ -90,7 +93,7 @@ local teacher, judge
 if cfg.teacher_url then
   teacher = rl.endpoint{url = cfg.teacher_url, model = cfg.teacher_model, api = cfg.teacher_api,
                         api_key_env = cfg.teacher_key_env, timeout = cfg.teacher_timeout,
-                        concurrency = cfg.teacher_concurrency}
+                        concurrency = cfg.teacher_concurrency, max_retries = cfg.teacher_retries}
   judge = rl.judge{endpoint = teacher, rubric = find(cfg.rubric or task.rubric), scale = {0, 10},
                    cache = cfg.judge_cache}
 else
@@ -108,7 +111,8 @@ local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwri
 -- Scoring: the judge first; samples it cannot score (server down, an answer with no
 -- readable score) go to the native reward. rl.fallback prints one line the first
 -- time it falls back and counts every sample by source for the metrics.
-local scorer = rl.fallback{judge, task.reward, names = {judge and "judge", "native"}}
+local scorer = rl.fallback{judge, task.reward, names = {judge and "judge", "native"},
+                          breaker = {cooldown = cfg.breaker_cooldown}}
 
 -- The policy. Its weights start from `init` (copied from a second handle, so the
 -- optimizer starts fresh); that handle stays as the frozen reference for the KL term.
@@ -130,14 +134,26 @@ if cfg.generator == "worker" then
                           seed = cfg.seed, threads = threads}
   -- The worker gets the policy's weights before every generation (a few MB through
   -- /dev/shm). A worker that died is restarted by the next call with its initial
-  -- weights, so the sync is what makes its samples the policy's; if even that
-  -- fails, the step's samples come from the teacher.
-  local_gen = function(prompts, opts)
+  -- weights, so the sync is what makes its samples the policy's. A worker that dies
+  -- during the call gets one more try on a fresh, synced worker before the step's
+  -- samples come from the teacher: a crash is usually a one-off, and off-policy
+  -- samples cost a step of training.
+  local function generate_once(prompts, opts)
     if not pcall(policy.sync, policy, worker) then policy:sync(worker) end
     return worker:generate(prompts, opts)
   end
+  local_gen = function(prompts, opts)
+    for _ = 1, cfg.gen_retries do
+      local ok, res = pcall(generate_once, prompts, opts)
+      if ok then return res end
+      if not (rl.is_error(res, "crash") or rl.is_error(res, "timeout")) then error(res, 0) end
+      note(("generator worker failed (%s); retrying on a fresh worker"):format(res.message))
+    end
+    return generate_once(prompts, opts)
+  end
 end
-local generator = rl.fallback{local_gen, teacher, names = {"policy", teacher and "teacher"}}
+local generator = rl.fallback{local_gen, teacher, names = {"policy", teacher and "teacher"},
+                              breaker = {cooldown = cfg.breaker_cooldown}}
 
 -- A checkpoint holds the policy (weights, optimizer), the data cursor and Lua's
 -- random state: a run killed at any point resumes exactly where it stopped.

@@ -190,7 +190,9 @@ def test_generator_worker_killed_falls_back_to_teacher(tmp_path, sft):
     with Teacher(rule="len10") as t:
         env, rubric = teacher_env(t, tmp_path)
         env["RLHOST_TEST_CHECKPOINT_DELAY"] = "0"
-        p = start(RLAIF, [f"init={sft}", "dir=w", "steps=6", "generator=worker",
+        # gen_retries=0: the first crash goes to the teacher (the default retries once
+        # on a fresh worker first; make soak exercises that path)
+        p = start(RLAIF, [f"init={sft}", "dir=w", "steps=6", "generator=worker", "gen_retries=0",
                           f"rubric={rubric}", "checkpoint_every=0", *QUICK], tmp_path, env)
         wait_for(lambda: len(metrics(tmp_path / "w")) >= 2 and worker_pids(p.pid), p,
                  what="step 2")
