@@ -1,32 +1,58 @@
--- rl: the one table recipes use. It merges the C primitives (rl.core, rl.json, and
--- the modules later issues add) with the policy helpers written in Lua.
+-- rl: the one table recipes use. It merges the C primitives (rl.core, rl.json,
+-- rl.fs, ...) with the policy helpers written in Lua (lua/rl/*.lua).
+--
+-- Members load on first use: `rlhost -e ''` and short scripts pay only for what
+-- they touch (loading every module up front was 40% of the start-up time).
+-- pairs(rl) still lists everything.
 local core = require "rl.core"
 
 local rl = {}
 for k, v in pairs(core) do rl[k] = v end
-rl.json = require "rl.json"
-rl.config = require("rl.config").config
-rl.optional = require("rl.config").optional  -- a setting with no default: rl.optional "string"
 
--- Datasets, batching, advantages, fallbacks, runs and evaluation (lua/rl/*.lua).
-rl.fs = require "rl.fs"
-rl.random = require "rl.random"
-do
-  local batch = require "rl.batch"
-  for _, k in ipairs{"chunks", "slice", "len", "sum", "mean", "stats", "repeat_each",
-                     "flatten", "groups", "sorted_keys", "copy"} do
-    rl[k] = batch[k]
-  end
+local function field(mod, name) return function() return require(mod)[name] end end
+local function module(mod) return function() return require(mod) end end
+
+local lazy = {
+  json = module "rl.json",
+  config = field("rl.config", "config"),
+  optional = field("rl.config", "optional"), -- a setting with no default: rl.optional "string"
+  fs = module "rl.fs",
+  random = module "rl.random",
+  -- datasets, batching, advantages, fallbacks, runs and evaluation
+  dataset = field("rl.dataset", "dataset"),
+  prompts = field("rl.dataset", "prompts"),
+  advantages = field("rl.advantages", "advantages"),
+  fallback = field("rl.fallback", "fallback"),
+  run = field("rl.run", "run"),
+  checkpoint = module "rl.checkpoint",
+  eval = module "rl.eval",
+  -- the engine: models, generation, training
+  model = field("rl.model", "model"),
+  train_step = field("rl.model", "train_step"),
+  generate = field("rl.generate", "generate"),
+  -- scoring: endpoints, judges, native rewards, the cache
+  score = field("rl.score", "score"),
+  score_summary = field("rl.score", "summary"),
+  endpoint = field("rl.endpoint", "new"),
+  judge = field("rl.judge", "judge"),
+  reward = module "rl.reward",
+  cache = module "rl.cache",
+}
+for _, k in ipairs{"chunks", "slice", "len", "sum", "mean", "stats", "repeat_each",
+                   "flatten", "groups", "sorted_keys", "copy"} do
+  lazy[k] = field("rl.batch", k)
 end
-rl.dataset = require("rl.dataset").dataset
-rl.prompts = require("rl.dataset").prompts
-rl.advantages = require("rl.advantages").advantages
-rl.fallback = require("rl.fallback").fallback
-rl.run = require("rl.run").run
-rl.checkpoint = require "rl.checkpoint"
-rl.eval = require "rl.eval"
-do local m, g = require "rl.model", require "rl.generate"; rl.model, rl.train_step, rl.generate = m.model, m.train_step, g.generate end
 
-do local s, e = require "rl.score", require "rl.endpoint"; rl.score, rl.score_summary, rl.endpoint, rl.judge, rl.reward, rl.cache = s.score, s.summary, e.new, require("rl.judge").judge, require "rl.reward", require "rl.cache" end
-
-return rl
+return setmetatable(rl, {
+  __index = function(t, k)
+    local load = lazy[k]
+    if load == nil then return nil end
+    local v = load()
+    rawset(t, k, v)
+    return v
+  end,
+  __pairs = function(t)
+    for k in pairs(lazy) do local _ = t[k] end
+    return next, t, nil
+  end,
+})
