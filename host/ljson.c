@@ -391,6 +391,22 @@ static void dec_enter(Dec *d)
         dec_fail(d, d->pos, "Lua stack exhausted");
 }
 
+/* After an item of an array or object: a ',' means another item follows (1), the
+ * closing bracket ends it (0); anything else is an error. */
+static int dec_more(Dec *d, char close)
+{
+    d->pos = json_skip_ws(d->s, d->n, d->pos);
+    if (d->pos < d->n && d->s[d->pos] == ',') {
+        d->pos = json_skip_ws(d->s, d->n, d->pos + 1);
+        return 1;
+    }
+    if (d->pos < d->n && d->s[d->pos] == close) {
+        d->pos++;
+        return 0;
+    }
+    return dec_fail(d, d->pos, close == ']' ? "expected ',' or ']'" : "expected ',' or '}'");
+}
+
 static void dec_array(Dec *d)
 {
     lua_State *L = d->L;
@@ -407,16 +423,8 @@ static void dec_array(Dec *d)
     for (;;) {
         dec_value(d);
         lua_rawseti(L, -2, ++i);
-        d->pos = json_skip_ws(d->s, d->n, d->pos);
-        if (d->pos < d->n && d->s[d->pos] == ',') {
-            d->pos = json_skip_ws(d->s, d->n, d->pos + 1);
-            continue;
-        }
-        if (d->pos < d->n && d->s[d->pos] == ']') {
-            d->pos++;
+        if (!dec_more(d, ']'))
             break;
-        }
-        dec_fail(d, d->pos, "expected ',' or ']'");
     }
     d->depth--;
 }
@@ -446,16 +454,8 @@ static void dec_object(Dec *d)
         d->pos = json_skip_ws(d->s, d->n, d->pos + 1);
         dec_value(d);
         lua_rawset(L, -3);
-        d->pos = json_skip_ws(d->s, d->n, d->pos);
-        if (d->pos < d->n && d->s[d->pos] == ',') {
-            d->pos = json_skip_ws(d->s, d->n, d->pos + 1);
-            continue;
-        }
-        if (d->pos < d->n && d->s[d->pos] == '}') {
-            d->pos++;
+        if (!dec_more(d, '}'))
             break;
-        }
-        dec_fail(d, d->pos, "expected ',' or '}'");
     }
     d->depth--;
 }

@@ -222,6 +222,18 @@ function Judge:_ask(prompts, summary)
   return replies
 end
 
+-- Ask, then group the replies by the sample (or pair) that owns each prompt:
+-- owner[k] names the owner of prompts[k]; votes and order swaps share an owner.
+function Judge:_ask_grouped(prompts, owner, summary)
+  local grouped = {}
+  for k, rep in ipairs(self:_ask(prompts, summary)) do
+    local o = owner[k]
+    grouped[o] = grouped[o] or {}
+    table.insert(grouped[o], rep)
+  end
+  return grouped
+end
+
 local function key_parts(self, s, extra)
   if not self.cache then return false end
   return C.key("rl.judge/1", self.model, self.rubric_id, self.settings, s.prompt or "", s.text or "",
@@ -256,13 +268,7 @@ function Judge:score(samples, opts)
       end
     end
   end
-  local replies = self:_ask(prompts, summary)
-  local per = {}
-  for k, rep in ipairs(replies) do
-    local i = owner[k]
-    per[i] = per[i] or {}
-    table.insert(per[i], rep)
-  end
+  local per = self:_ask_grouped(prompts, owner, summary)
   local puts = {}
   for i, reps in pairs(per) do
     local scores, raws, fail, parse_fail, lat, attempts = {}, {}, nil, nil, 0, 0
@@ -357,13 +363,7 @@ function Judge:_score_pairwise(samples, opts)
       end
     end
   end
-  local replies = self:_ask(prompts, summary)
-  local got = {}
-  for n, rep in ipairs(replies) do
-    local k = owner[n]
-    got[k] = got[k] or {}
-    table.insert(got[k], rep)
-  end
+  local got = self:_ask_grouped(prompts, owner, summary)
   local puts = {}
   for k, reps in pairs(got) do
     local pr = pairs_[k]
