@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct cache {
     sqlite3 *db;
@@ -49,8 +50,21 @@ int cache_open(const cache_params *p, const char *path, cache **out, char *err, 
                                       "CREATE TABLE IF NOT EXISTS scores("
                                       " key TEXT PRIMARY KEY, reward REAL NOT NULL,"
                                       " raw TEXT, meta TEXT, created REAL);";
+    /* Two runs opening a new cache at once race to switch it to WAL, and SQLite
+     * answers that race with SQLITE_BUSY without calling the busy handler (a lock
+     * upgrade it cannot wait for), so the setup is retried here within busy_ms. */
     char *msg = NULL;
-    if (sqlite3_exec(c->db, setup, NULL, NULL, &msg) != SQLITE_OK) {
+    int rc;
+    for (int waited = 0;; waited += 10) {
+        rc = sqlite3_exec(c->db, setup, NULL, NULL, &msg);
+        if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) || waited >= p->busy_ms)
+            break;
+        sqlite3_free(msg);
+        msg = NULL;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (rc != SQLITE_OK) {
         snprintf(err, errlen, "cannot set up the score cache %s: %s", path,
                  msg ? msg : "unknown error");
         sqlite3_free(msg);
