@@ -64,7 +64,19 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 say "copying the base root to $work"
 cp -a "$base/." "$work/"
+# This machine's way out is not under test: its resolver, its local CA certificates (an
+# egress proxy's, say), its pip.conf and proxy variables go into the copy as they are.
 cp /etc/resolv.conf "$work/etc/resolv.conf" 2>/dev/null || true
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+    cp /usr/local/share/ca-certificates/*.crt "$work/usr/local/share/ca-certificates/"
+    chroot "$work" /usr/sbin/update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed"
+fi
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$work/etc/pip.conf"
+netenv=""
+for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL PIP_CERT; do
+    eval "val=\${$v:-}"
+    [ -n "$val" ] && netenv="$netenv $v='$val'"
+done
 git clone -q --no-hardlinks "$repo" "$work/root/rlhost"
 git -C "$work/root/rlhost" checkout -q "$commit"
 mkdir -p "$logs" "$cache/pip"
@@ -85,7 +97,7 @@ for t in $targets; do
         mount -t tmpfs -o mode=1777 shm '$work/dev/shm'
         $pipmount
         exec chroot '$work' /usr/bin/env -i HOME=/root TERM=dumb \
-            PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+            PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin $netenv \
             sh -c 'cd /root/rlhost && make $t'" >"$logs/$t.log" 2>&1 || rc=$?
     secs=$(( $(date +%s) - start ))
     tail -25 "$logs/$t.log"
