@@ -18,7 +18,9 @@
 --
 -- Provenance: every sample gets `source` (the member's name) and `off_policy=true`
 -- when it did not come from the first member (the policy); every info[i] gets
--- `source` (and `fallback=true` when not from the first scorer). chain:stats()
+-- `source` (and `fallback=true` when not from the first scorer); info.summary totals
+-- what every member called did (requests, retries, cache_hits, tokens, latency_ms:
+-- see rl.score), whether it answered or raised. chain:stats()
 -- returns the counts for the metrics. The breaker reads a clock, so which member
 -- serves a call can depend on time: exact resume holds while no member fails.
 -- Nil members (`teacher and judge`) are skipped,
@@ -279,11 +281,21 @@ local function call_score(m, samples, opts)
   return local_score(m, samples, opts)
 end
 
+-- The counts (requests, cache hits, tokens, ...) of one member's call, added into the
+-- chain's summary; a member that raised (rl.score with raise=) carries them in err.info.
+local function add_summary(into, inf)
+  local ok, S = pcall(require, "rl.score")
+  local from = type(inf) == "table" and inf.summary or nil
+  if ok and type(S) == "table" and S.add_summary then return S.add_summary(into, from) end
+  return into
+end
+
 function Chain:score(samples, opts)
   local s = self._stats
   s.calls = s.calls + 1
   local n = #samples
   local rewards, info = {}, {}
+  local summary = add_summary({}, nil)
   local pending = {}
   for i = 1, n do pending[i] = i end
   local cands = self:_candidates()
@@ -294,6 +306,7 @@ function Chain:score(samples, opts)
     for j, idx in ipairs(pending) do sub[j] = samples[idx] end
     local ok, r, inf = pcall(call_score, m, sub, opts)
     local still = {}
+    add_summary(summary, ok and inf or (type(r) == "table" and r.info))
     if ok then
       r, inf = r or {}, inf or {}
       local got, kinds = 0, {}
@@ -345,6 +358,7 @@ function Chain:score(samples, opts)
     end
     pending = still
   end
+  info.summary = summary
   return rewards, info
 end
 
