@@ -114,7 +114,7 @@ t.test("scorers: a raising scorer falls back for the whole batch", function()
   local r, info = fb:score({{text = "ab"}, {text = "abc"}})
   t.eq(r[1], 2); t.eq(r[2], 3)
   t.eq(info[1].source, "native"); t.eq(info[1].fallback, true); t.eq(info[1].status, "ok")
-  t.eq(fb:stats().failures.http, 1); t.eq(fb:stats().fallbacks, 2)
+  t.eq(fb:stats().failures.http, 2); t.eq(fb:stats().fallbacks, 2)  -- both count samples
 end)
 
 t.test("scorers: per-sample nil rewards fall through for just those samples", function()
@@ -214,8 +214,11 @@ t.test("a scorer returning all nils trips the breaker like a raising one", funct
   end
   local fb = quiet_chain{dead, function() return 1 end, breaker = {failures = 1, cooldown = 5},
                          clock = function() return now end}
-  fb:score({{text = "a"}}); fb:score({{text = "a"}})
+  fb:score({{text = "a"}, {text = "b"}}); fb:score({{text = "a"}})
   t.eq(dead.calls, 1); t.eq(fb:stats().breaker_trips, 1)
+  -- every sample it failed counts, as when only some fail (a judge whose every reply
+  -- was cut off must show in the metrics as that many parse failures, not one)
+  t.eq(fb:stats().failures.http, 2); t.eq(fb:stats().failures_by_source.source1.http, 2)
 end)
 
 t.test("one notice line on stderr the first time a fallback is taken", function()
