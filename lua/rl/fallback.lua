@@ -295,10 +295,7 @@ end
 -- The counts (requests, cache hits, tokens, ...) of one member's call, added into the
 -- chain's summary; a member that raised (rl.score with raise=) carries them in err.info.
 local function add_summary(into, inf)
-  local ok, S = pcall(require, "rl.score")
-  local from = type(inf) == "table" and inf.summary or nil
-  if ok and type(S) == "table" and S.add_summary then return S.add_summary(into, from) end
-  return into
+  return require("rl.score").add_summary(into, type(inf) == "table" and inf.summary or nil)
 end
 
 function Chain:score(samples, opts)
