@@ -235,8 +235,8 @@ t.test("non-finite rewards are missing rewards of kind value, for every scorer",
   r, info = rl.score(chain, samples)
   t.eq(r[1], 0.25); t.eq(info[1].source, "source2"); t.eq(r[2], 5.0)
   -- what rl.score returns feeds rl.advantages without error or NaN
-  local adv = rl.advantages(rl.score(f, { { text = "" }, { text = "ab" }, { text = "a" }, { text = "abcd" } }),
-                            { group = 4, n = 4 })
+  local group = { { text = "" }, { text = "ab" }, { text = "a" }, { text = "abcd" } }
+  local adv = rl.advantages(rl.score(f, group), { group = 4, n = 4 })
   t.eq(adv[1], nil)
   for i = 2, 4 do t.ok(adv[i] == adv[i], "advantage " .. i .. " is a number") end
 end)
