@@ -78,7 +78,8 @@ typedef struct sandbox_result {
     int no_sockets;      /* 1: the seccomp filter refused it every socket */
     int disk_capped;     /* 1: disk_bytes bounds everything it could write (read-only
                           * mounts plus one tmpfs); 0: only its working directory is
-                          * counted (unisolated, or a kernel without mount_setattr) */
+                          * counted (unisolated, a kernel without mount_setattr, or
+                          * a root that is not a mount point, as in a plain chroot) */
     char detail[256];    /* a sentence for reports */
 } sandbox_result;
 
