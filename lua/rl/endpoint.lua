@@ -82,12 +82,10 @@ local function failure(res, kind, msg, retryable)
            attempts = res.attempts, latency_ms = res.latency_ms, body = res.body }
 end
 
--- Read one HTTP result into a reply. The C side scrubbed the API key from the body in
--- every encoding it knows; `scrub` (ep:_scrub) removes it again from each decoded
--- text, which also catches a key the server split across fields that we join.
-local function read(info, res, state, scrub)
+-- Read one HTTP result into a reply.
+local function read(info, res, state)
   if not res.ok then
-    return failure(res, KIND[res.reason] or "http", res.message and scrub(res.message), res.retryable)
+    return failure(res, KIND[res.reason] or "http", res.message, res.retryable)
   end
   local ct = res.content_type or ""
   if not ct:lower():find("json", 1, true) then
@@ -108,8 +106,8 @@ local function read(info, res, state, scrub)
     if doc.content == nil then
       return failure(res, "http", info.url .. ": reply has no content blocks", true)
     end
-    texts[1] = scrub(table.concat(parts))
-    finish[1] = FINISH[doc.stop_reason] or scrub(tostring(doc.stop_reason))
+    texts[1] = table.concat(parts)
+    finish[1] = FINISH[doc.stop_reason] or tostring(doc.stop_reason)
     local u = type(doc.usage) == "table" and doc.usage or {}
     usage.prompt, usage.completion = tonumber(u.input_tokens) or 0, tonumber(u.output_tokens) or 0
   else
@@ -120,8 +118,8 @@ local function read(info, res, state, scrub)
       local t
       if info.api == "openai-completions" then t = ch.text
       else t = type(ch.message) == "table" and ch.message.content or nil end
-      texts[i] = type(t) == "string" and scrub(t) or ""
-      finish[i] = FINISH[ch.finish_reason] or scrub(tostring(ch.finish_reason))
+      texts[i] = type(t) == "string" and t or ""
+      finish[i] = FINISH[ch.finish_reason] or tostring(ch.finish_reason)
     end
     local u = type(doc.usage) == "table" and doc.usage or {}
     usage.prompt, usage.completion = tonumber(u.prompt_tokens) or 0, tonumber(u.completion_tokens) or 0
@@ -132,12 +130,19 @@ local function read(info, res, state, scrub)
            latency_ms = res.latency_ms, status = res.status }
 end
 
--- Send bodies (JSON texts) and read the replies, in order.
+-- Send bodies (JSON texts) and read the replies, in order. The C side scrubbed the
+-- API key from each body in every encoding it knows; the decoded texts and messages
+-- are scrubbed again (ep:_scrub), which also catches a key that the server split
+-- across fields that read() joins (Anthropic text blocks).
 function methods:_send(bodies)
   local info, state = self:_info(), self:_state()
-  local function scrub(text) return self:_scrub(text) end
   local out = {}
-  for i, res in ipairs(self:_post(bodies)) do out[i] = read(info, res, state, scrub) end
+  for i, res in ipairs(self:_post(bodies)) do
+    local rep = read(info, res, state)
+    for k, t in ipairs(rep.texts or {}) do rep.texts[k] = self:_scrub(t) end
+    if rep.message then rep.message = self:_scrub(rep.message) end
+    out[i] = rep
+  end
   return out
 end
 
