@@ -196,7 +196,7 @@ local r2, info2 = rl.score(rl.reward.run{lang = "python", tests = {{}}, require_
   {{text = "print(1)"}})
 local r4, info4 = rl.score(rl.reward.run{lang = "python", tests = {{}}, disk_mb = 8, fsize_mb = 2,
                                          timeout = 20},
-  {{text = "for i in range(100):\n    open(f'f{i}', 'wb').write(b'x' * (1 << 20))"}})
+  {{text = "for i in range(40):\n    open(f'f{i}', 'wb').write(b'x' * (1 << 20))"}})
 local r5, info5 = rl.score(rl.reward.run{lang = "python", tests = {{}}, raw = true, timeout = 10},
   {{text = os.getenv("PROBE")}})
 io.stdout:write(rl.json.encode{r1 = r[1], iso = info[1].isolated, reason2 = info[2].reason,
