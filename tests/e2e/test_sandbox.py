@@ -184,6 +184,17 @@ def test_unprivileged_host_runs_unisolated(tmp_path):
     import tempfile
     d = tempfile.mkdtemp(prefix="rlhost-unpriv-")  # pytest's tmp_path is 0700: nobody cannot read it
     os.chmod(d, 0o755)
+    # The checkout may sit under a 0700 directory (a clone in /root, as on a fresh
+    # machine) that nobody cannot enter: run a copy of the host and its Lua library
+    # from d (the host finds lua/ from its own path; nothing here needs the engine).
+    home = os.path.dirname(os.path.dirname(os.path.abspath(RLHOST)))
+    os.mkdir(os.path.join(d, "build"), 0o755)
+    host = shutil.copy2(RLHOST, os.path.join(d, "build", "rlhost"))
+    shutil.copytree(os.path.join(home, "lua"), os.path.join(d, "lua"))
+    for dirpath, dirs, files in os.walk(d):
+        os.chmod(dirpath, 0o755)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o755 if f == "rlhost" else 0o644)
     socks, paths = unix_listeners([d])
     probe = f"PATHS = {json.dumps(json.dumps(paths))}\n" + SOCKET_PROBE
     script = os.path.join(d, "u.lua")
@@ -206,7 +217,7 @@ io.stdout:write(rl.json.encode{r1 = r[1], iso = info[1].isolated, reason2 = info
 """)
     os.chmod(script, 0o644)
     try:
-        p = subprocess.run(["runuser", "-u", "nobody", "--", RLHOST, script], capture_output=True,
+        p = subprocess.run(["runuser", "-u", "nobody", "--", host, script], capture_output=True,
                            text=True, timeout=90, cwd="/", env=dict(os.environ, PROBE=probe))
         got = reached(socks)
     finally:
