@@ -40,15 +40,14 @@ local ckpt = require "rl.checkpoint"
 local core = require "rl.core"
 local fs = require "rl.fs"
 local json = require "rl.json"
+local util = require "rl.util"
 
 local M = {}
 M.FORMAT = 1
 local Run = {}
 Run.__index = Run
 
-local function config_error(msg, ...)
-  error(core.error{kind = "config", message = msg:format(...), where = "rlhost: "}, 0)
-end
+local config_error = util.config_error
 
 local function warn(msg)
   io.stderr:write("rlhost: warning: " .. msg .. "\n")
@@ -112,7 +111,13 @@ function M.run(opts)
     if not known[k] then config_error("rl.run: unknown option '%s'", tostring(k)) end
   end
   local self = setmetatable({}, Run)
-  self.dir = opts.dir:gsub("/+$", "")
+  self.dir = opts.dir:gsub("(.)/+$", "%1")
+  -- A file or a dangling symlink where the directory should be would fail only when
+  -- the first step starts, after the model loaded: say so now.
+  local why = util.dir_problem(self.dir)
+  if why then
+    config_error("rl.run: dir must be a directory or a path that can be created; %s", why)
+  end
   self.resume = opts.resume and true or false
   self.every = opts.checkpoint_every
   self.keep_last = opts.keep_last
