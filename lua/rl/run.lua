@@ -14,7 +14,8 @@
 --   dir               the run directory (created when needed)
 --   resume            continue from the newest complete checkpoint, if any
 --   checkpoint_every  checkpoint every k steps (besides the last step and a SIGINT)
---   keep_last         keep only the newest k checkpoints (default: all)
+--   keep_last         keep only the newest k usable checkpoints (default: all); one
+--                     that does not verify is reported once and left alone
 --   total             steps, when run:steps() is called without a number
 --   allow_config_change  resume even though config.json differs (else a config
 --                     error); or a list of keys that may differ, e.g. {"steps"} to
@@ -127,6 +128,8 @@ function M.run(opts)
   self.parts = {models = {}, cursors = {}, tables = {}}
   self.names = {}
   self.times = {}
+  self.ckpt_known = {}     -- checkpoint path -> true (usable) or why not, for prune
+  self.ckpt_reported = {}  -- unusable checkpoints already reported
 
   -- Read-only checks first: a run directory we must not touch stays as it was.
   local runjson = ckpt.read(self.dir .. "/run.json")
@@ -268,7 +271,12 @@ end
 function Run:_start()
   if self.started then return end
   self.started = true
-  local found = self.resume and ckpt.latest(self.dir, warn) or nil
+  -- Checkpoints found unusable are reported once per run: here when resuming skips
+  -- them, else by the first prune that meets them.
+  local found = self.resume and ckpt.latest(self.dir, function(msg, path)
+    if path then self.ckpt_reported[path] = true end
+    warn(msg)
+  end) or nil
   if self.resume and not found and #ckpt.list(self.dir) > 0 then
     -- Starting afresh would overwrite the checkpoints and metrics a user may still
     -- recover from (a copy cut short, a hand edit): refuse, touching nothing.
@@ -279,6 +287,7 @@ function Run:_start()
   if found then
     ckpt.restore(found, self.parts, warn)  -- may raise (another model): nothing written yet
     self.step = found.step
+    self.ckpt_known[found.path] = true
   end
   -- From here on the directory is ours to write, and only ours: a second process
   -- appending to the same metrics and checkpoints would corrupt both.
@@ -370,13 +379,26 @@ function Run:checkpoint()
         :format(self.dir, free >> 20, self.ckpt_bytes >> 20))
     end
   end
+  local final = ("%s/ckpt-%d"):format(self.dir, self.step)
+  if self.ckpt_known[final] ~= true and fs.stat(final) then
+    -- not one this run wrote and newer than the one it resumed from: it did not verify
+    warn(("replacing %s, which is not usable, with this step's checkpoint"):format(final))
+  end
   local path, bytes = ckpt.write(self.dir, self.step, self.parts)
   self.ckpt_bytes = bytes
   self.last_ckpt = self.step
   -- A checkpoint happens after its step's metrics line: its time shows in the
   -- next step's time.checkpoint.
   self.ckpt_secs = (self.ckpt_secs or 0) + (fs.monotonic() - t0)
-  ckpt.prune(self.dir, self.keep_last)
+  self.ckpt_known[path] = true
+  local _, unusable = ckpt.prune(self.dir, self.keep_last, self.ckpt_known)
+  for _, u in ipairs(unusable) do
+    if not self.ckpt_reported[u.path] then
+      self.ckpt_reported[u.path] = true
+      warn(("checkpoint %s is not usable (%s); left in place, not counted toward keep_last")
+        :format(u.path, u.why))
+    end
+  end
   return path
 end
 

@@ -195,6 +195,34 @@ t.test("keep_last prunes old checkpoints", function()
   t.eq(table.concat(ck, ","), "ckpt-5,ckpt-6")
 end)
 
+t.test("keep_last counts only usable checkpoints; unusable ones are reported once, kept", function()
+  local dir = root .. "/keep-broken"
+  t.eq((host(dir, {"steps=4", "keep=2", "every=1"})), 0)      -- ckpt-3, ckpt-4
+  -- an unusable newest checkpoint (cut manifest) and an unusable oldest one (a copy
+  -- under another step's name)
+  os.execute(("cp -r %s %s"):format(t.shquote(dir .. "/ckpt-4"), t.shquote(dir .. "/ckpt-99")))
+  t.write(dir .. "/ckpt-99/manifest.json", '{"format": 1, "fi')
+  os.execute(("cp -r %s %s"):format(t.shquote(dir .. "/ckpt-3"), t.shquote(dir .. "/ckpt-1")))
+  local st, _, err = host(dir, {"steps=8", "keep=2", "every=1"})
+  t.eq(st, 0, err)
+  local ck = {}
+  for _, c in ipairs(rl.checkpoint.list(dir)) do ck[#ck + 1] = c.name end
+  t.eq(table.concat(ck, ","), "ckpt-99,ckpt-8,ckpt-7,ckpt-1")
+  t.eq(t.slurp(dir .. "/ckpt-99/manifest.json"), '{"format": 1, "fi')
+  -- each unusable checkpoint is named in exactly one line
+  local function lines_naming(name)
+    local n = 0
+    for line in err:gmatch("[^\n]+") do if line:find(name, 1, true) then n = n + 1 end end
+    return n
+  end
+  t.eq(lines_naming("ckpt-99"), 1, err)
+  t.match(err, "skipping checkpoint .*ckpt%-99: manifest.json is not a valid manifest")
+  t.eq(lines_naming("ckpt-1 "), 1, err)
+  t.match(err, "checkpoint .*/ckpt%-1 is not usable %(state.json does not match its directory%); "
+               .. "left in place, not counted toward keep_last")
+  t.match(err, "from ckpt%-4")
+end)
+
 t.test("resume with another config is refused (exit 2), directory untouched", function()
   local before = listing(ref)
   local st, _, err = host(ref, {"lr=0.25"})
