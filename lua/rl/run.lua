@@ -35,6 +35,8 @@
 -- Exact resume: a checkpoint holds everything registered plus math.random's state;
 -- metrics lines past the checkpoint's step are dropped on resume, so each step
 -- appears once and a killed-and-resumed run writes what an uninterrupted one does.
+-- A damaged line (not JSON) is not dropped silently: it moves to
+-- metrics.jsonl.damaged with a warning naming its line number.
 -- Registration (run:model, run:dataset, run:state) must happen before run:steps().
 local batch = require "rl.batch"
 local ckpt = require "rl.checkpoint"
@@ -253,16 +255,44 @@ local function finite(v)
   return r
 end
 
+-- Line numbers as "3" or "2, 5 and 9" (the first ten, then a count).
+local function line_list(ns)
+  local shown = {}
+  for i = 1, math.min(#ns, 10) do shown[i] = tostring(ns[i]) end
+  local s = table.concat(shown, ", ")
+  if #ns > 10 then return s .. (" and %d more"):format(#ns - 10) end
+  return (s:gsub(", (%d+)$", " and %1"))
+end
+
+-- On resume, metrics.jsonl keeps the lines of steps up to the checkpoint's. A last
+-- line without "\n" was cut short by the process dying mid-write (its step comes
+-- after the checkpoint, which is taken only once the line is on disk) and is dropped.
+-- Any other line that is not a JSON object with an integer step is damage (a bad
+-- disk, a hand edit): it is moved, as it was, to metrics.jsonl.damaged (appended;
+-- written before metrics.jsonl is rewritten, so it is never lost) and the warning
+-- names its line numbers.
 function Run:_truncate_metrics(upto)
   local path = self:path("metrics.jsonl")
   local text = ckpt.read(path)
   if not text then return end
-  local keep = {}
-  for line in text:gmatch("([^\n]*)\n") do  -- a last line without \n was cut short
+  local keep, damaged, where = {}, {}, {}
+  local n = 0
+  for line in text:gmatch("([^\n]*)\n") do
+    n = n + 1
     local ok, rec = pcall(json.decode, line)
-    if ok and type(rec) == "table" and math.type(rec.step) == "integer" and rec.step <= upto then
-      keep[#keep + 1] = line .. "\n"
+    if ok and type(rec) == "table" and math.type(rec.step) == "integer" then
+      if rec.step <= upto then keep[#keep + 1] = line .. "\n" end
+    else
+      damaged[#damaged + 1] = line .. "\n"
+      where[#where + 1] = n
     end
+  end
+  if #damaged > 0 then
+    local aside = path .. ".damaged"
+    fs.write(aside, (ckpt.read(aside) or "") .. table.concat(damaged))
+    warn(("%s: %s %s %s damaged (not a JSON object with a step); moved to %s")
+      :format(path, #where == 1 and "line" or "lines", line_list(where),
+              #where == 1 and "is" or "are", aside))
   end
   local new = table.concat(keep)
   if new ~= text then fs.write(path, new) end
