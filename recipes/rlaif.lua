@@ -10,10 +10,10 @@
 -- accumulated over micro-batches. Every knob below is a key=value override.
 --
 -- The teacher: RL_TEACHER_URL (an OpenAI-compatible /v1 base URL or Anthropic's),
--- RL_TEACHER_MODEL, RL_TEACHER_API (openai-chat | openai-completions | anthropic) and
--- the API key in the environment variable the endpoint reads (OPENAI_API_KEY,
--- ANTHROPIC_API_KEY, or the one RL_TEACHER_KEY_ENV names). Keys never reach the run
--- directory.
+-- RL_TEACHER_MODEL (required with it), RL_TEACHER_API (openai-chat | openai-completions
+-- | anthropic) and the API key in the environment variable the endpoint reads
+-- (OPENAI_API_KEY, ANTHROPIC_API_KEY, or the one RL_TEACHER_KEY_ENV names). Keys never
+-- reach the run directory.
 local rl = require "rl"
 
 local TEACHER_APIS = {"openai-chat", "openai-completions", "anthropic"}

@@ -685,7 +685,8 @@ def test_recipe_setting_refused_before_anything_is_written(s: Setting, tmp_path:
                        env=clean_env({**env, **s.fixed_env}), capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in metrics.splitlines()]
     assert [r["step"] for r in rows] == [1]
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     for k, v in s.fixed.items():
