@@ -304,19 +304,22 @@ local function check_module(name, spec, v)
                spec.module:gsub("%.", "/"), show(v), util.suggest(v, as_set(found)))
 end
 
-local function kind_of(name, path)
-  local ok, kind = pcall(util.path_kind, path)
+-- f(path) for a path check; an error looking (a directory we may not read) names
+-- the setting too.
+local function look(name, f, path)
+  local ok, r = pcall(f, path)
   if not ok then
     config_error("setting '%s': cannot look at %s: %s", name, show(path),
-                 type(kind) == "table" and tostring(kind.message) or tostring(kind))
+                 type(r) == "table" and tostring(r.message) or tostring(r))
   end
-  return kind
+  return r
 end
+
+local function kind_of(name, path) return look(name, util.path_kind, path) end
 
 local function check_path(name, spec, v)
   if spec.dir then
-    local ok, why = pcall(util.dir_problem, v)
-    if not ok then kind_of(name, v) end  -- raises, naming the setting
+    local why = look(name, util.dir_problem, v)
     if why then
       config_error("setting '%s' must be a directory or a path that can be created; %s", name, why)
     end
@@ -404,12 +407,14 @@ local function check_all(defaults, cfg)
   end
   for _, d in ipairs(decls) do
     local name, spec = d[1], d[2]
-    if lookup(cfg, name) ~= nil then
-      for _, other in ipairs(spec.requires or {}) do
-        if lookup(cfg, other) == nil then
-          config_error("setting '%s'%s must be set when '%s'%s is set", other,
-                       env_note(by_name[other] or {}), name, env_note(spec))
-        end
+    for _, other in ipairs(spec.requires or {}) do
+      if lookup(defaults, other) == nil then
+        util.raise("config", ("rl.setting: '%s' requires '%s', which is not a setting of "
+                              .. "this recipe"):format(name, other))  -- names rl.config's line
+      end
+      if lookup(cfg, name) ~= nil and lookup(cfg, other) == nil then
+        config_error("setting '%s'%s must be set when '%s'%s is set", other,
+                     env_note(by_name[other] or {}), name, env_note(spec))
       end
     end
   end

@@ -268,7 +268,9 @@ t.test("a mistake in a declaration names the recipe line", function()
     {"name = rl.setting{'x', min = 1}", "min= needs a number and a setting of a numeric type"},
     {"name = rl.setting{min = 1}", "give a default or type ="},
     {"name = rl.setting{5, type = 'string'}", "the default 5 is not of type string"},
-    {"name = rl.optional('str')", "rl.optional: type must be string"}} do
+    {"name = rl.optional('str')", "rl.optional: type must be string"},
+    {"url = rl.setting{type = 'string', requires = 'modle'}, model = 'x'",
+     "'url' requires 'modle', which is not a setting of this recipe"}} do
     local st, _, err = declared(c[1])()
     t.eq(st, 2, err)
     t.match(err, "decl%d+%.lua:2: config error: ")
