@@ -309,7 +309,7 @@ CASES: list[Case] = [
          ["j.lua:3:", "unknown option 'rubrik'", "did you mean 'rubric'"],
          {"j.lua": judge('rubrik = "rubric.txt"')}),
     Case("judge scale upside down", "rubric", ["j.lua"], 2,
-         ["j.lua:3:", "'scale' must be {lo, hi} with lo < hi"],
+         ["j.lua:3:", "'scale' must be {lo, hi}, finite numbers with lo < hi"],
          {"j.lua": judge("scale = { 10, 1 }")}),
 
     # -- model directories --
