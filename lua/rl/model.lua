@@ -99,6 +99,18 @@ function methods:logprobs(samples, opts)
   return r.logprobs, r.ref_logprobs
 end
 
+--- model:next_logprobs(prompts, candidates, opts) -> reply
+-- The log-probs of each candidate string as the next token after each prompt (a
+-- judge's verdict distribution; scripts/PROTOCOL.md, op next_logprobs): reply.logprobs
+-- [i][c] for prompt i and candidate c, reply.mass[i] (their summed probability),
+-- reply.top[i] (the most likely next token), reply.first_only (candidates scored by
+-- their first token).
+function methods:next_logprobs(prompts, candidates, opts)
+  local req = copy(opts)
+  req.prompts, req.candidates = prompts, candidates
+  return self:_call("next_logprobs", req)
+end
+
 --- model:backward(samples, opts) -> stats: accumulate gradients for a micro-batch.
 function methods:backward(samples, opts)
   local req = copy(opts)

@@ -665,6 +665,98 @@ class TorchModel:
         self._reset_accum()
         return result
 
+    # ---- judge verdicts --------------------------------------------------------------
+
+    def _candidate_ids(self, cands: list[str], prefix: str) -> tuple[list[int], list[str]]:
+        """One token id per candidate (`prefix` + candidate encoded without special
+        tokens): its only token, or its first when no other candidate starts with the
+        same one. Returns the ids and the candidates cut to their first token."""
+        ids, cut, owner = [], [], {}
+        for i, c in enumerate(cands):
+            t = self.tok.encode_text(prefix + c)
+            if not t:
+                raise ConfigError(f"next_logprobs: 'candidates[{i + 1}]' encodes to no tokens")
+            if t[0] in owner:
+                j = owner[t[0]]
+                raise ConfigError(
+                    f"next_logprobs: 'candidates[{j + 1}]' ({cands[j]!r}) and "
+                    f"'candidates[{i + 1}]' ({c!r}) start with the same token "
+                    f"{self.tok.decode([t[0]])!r}, so the next token cannot tell them apart "
+                    f"(use candidates that differ in their first token, e.g. a scale of "
+                    f"single digits)")
+            owner[t[0]] = i
+            ids.append(t[0])
+            if len(t) > 1:
+                cut.append(c)
+        return ids, cut
+
+    def next_logprobs(self, o: dict) -> dict:
+        """Log-probs (natural log, temperature 1, no filtering) of each candidate as the
+        next token after each prompt: the verdict distribution of a model judge.
+
+        A prompt ending in a space, with a tokenizer that writes a word's leading space
+        into the word's token (byte-level BPE: 'Score:' + 'Ġ7'), is scored without that
+        space and with it put before each candidate, so the model sees the split it was
+        trained on, not a lone space token. Prompts are encoded as `generate` encodes
+        them. Returns {"logprobs": [[float per candidate] per prompt], "mass": [sum of
+        the candidates' probabilities per prompt], "top": [most likely next token per
+        prompt, decoded], "top_logprob": [its log-prob], "first_only": [candidates cut to
+        their first token]}.
+        """
+        cands = o["candidates"]
+        if len(set(cands)) != len(cands):
+            raise ConfigError("next_logprobs: 'candidates' has duplicates")
+        plain, cut = self._candidate_ids(cands, "")
+        spaced: list[int] | None = None
+        space = self.tok.encode_text(" ")
+        try:
+            sp, sp_cut = self._candidate_ids(cands, " ")
+            if all(t not in space for t in sp):
+                spaced, cut = sp, sorted(set(cut) | set(sp_cut))
+        except ConfigError:
+            spaced = None  # the spaced forms collide: keep the prompt's space as it is
+        rows, which = [], []
+        for i, p in enumerate(o["prompts"]):
+            if not isinstance(p, str):
+                raise ConfigError(f"next_logprobs: 'prompts[{i + 1}]' must be a string")
+            heal = spaced is not None and p.endswith(" ")
+            ids = self.tok.encode_prompt(p[:-1] if heal else p)
+            if not ids:
+                raise ConfigError(f"next_logprobs: 'prompts[{i + 1}]' encodes to no tokens")
+            if len(ids) > self.net.context:
+                raise ConfigError(f"next_logprobs: 'prompts[{i + 1}]' has {len(ids)} tokens, "
+                                  f"more than the model's context of {self.net.context}")
+            rows.append(ids)
+            which.append(spaced if heal else plain)
+        out: dict[str, list] = {"logprobs": [], "mass": [], "top": [], "top_logprob": [],
+                                "first_only": cut}
+        chunk = 16  # bounds the prefill's memory on long judge prompts
+        with torch.inference_mode():
+            for s in range(0, len(rows), chunk):
+                part = rows[s:s + chunk]
+                B, P = len(part), max(len(r) for r in part)
+                ids = torch.full((B, P), self.net.pad_id, dtype=torch.long)
+                valid = torch.zeros((B, P), dtype=torch.bool)
+                for i, r in enumerate(part):
+                    ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
+                    valid[i, P - len(r):] = True
+                ids, valid = ids.to(self.device), valid.to(self.device)
+                pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+                logits, _ = self.net.prefill(ids, valid, pos, P)
+                logp = torch.log_softmax(self._float(logits), dim=-1)
+                if not bool(torch.isfinite(logp).all()):
+                    raise NonFiniteError("next_logprobs: the model produced non-finite "
+                                         "logits (diverged weights?)")
+                top_lp, top_id = logp.max(-1)
+                for i in range(B):
+                    cand = torch.tensor(which[s + i], dtype=torch.long, device=logp.device)
+                    lp = logp[i].gather(0, cand)
+                    out["logprobs"].append(lp.tolist())
+                    out["mass"].append(float(lp.exp().sum()))
+                    out["top"].append(self.tok.decode([int(top_id[i])]))
+                    out["top_logprob"].append(float(top_lp[i]))
+        return out
+
     # ---- checkpoints -----------------------------------------------------------------
 
     def _rng_state(self) -> dict:

@@ -125,6 +125,17 @@ def stop_list(op: str, name: str, v: Any) -> list[str]:
     return v
 
 
+def candidates(op: str, name: str, v: Any) -> list[str]:
+    """Next-token candidates (judge verdicts such as "7" or "yes"): non-empty strings."""
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"{op}: '{name}' must be a non-empty list of strings, got {_desc(v)}")
+    for i, c in enumerate(v):
+        if not isinstance(c, str) or not c:
+            got = "an empty string" if c == "" else _desc(c)
+            raise ConfigError(f"{op}: '{name}[{i + 1}]' must be a non-empty string, got {got}")
+    return v
+
+
 def betas(op: str, name: str, v: Any) -> list[float]:
     if not isinstance(v, list) or len(v) != 2:
         raise ConfigError(f"{op}: '{name}' must be a list of two numbers, got {_desc(v)}")
@@ -253,6 +264,10 @@ OPS: dict[str, dict[str, Field]] = {
     "logprobs": {
         **SAMPLES_OPTS,
         "reference": Field(boolean, False),
+    },
+    "next_logprobs": {
+        "prompts": Field(prompts, required=True),
+        "candidates": Field(candidates, required=True),
     },
     "backward": {
         **SAMPLES_OPTS,
