@@ -46,7 +46,9 @@ generator:
                "const:N", "longer" (pairwise: the longer answer wins)
 
 Use in-process:  srv = Teacher(rule="len10"); srv.start(); srv.url ...; srv.stop()
-or as a program: teacher.py [--config JSON]  (prints "PORT n" once listening).
+or as a program: teacher.py [--config JSON] [--port N] [--delay SECONDS]
+(prints "PORT n" once listening; --delay waits that long before listening).
+GET /v1/models lists one model, "teacher" (a readiness probe's target).
 GET /_stats returns the counters; POST /_config merges new settings (and with
 {"reset": true} zeroes the counters).
 """
@@ -220,6 +222,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/_stats":
             self._send(200, json.dumps(self.server.snapshot()).encode())
+        elif self.path.rstrip("/").endswith("/models"):  # OpenAI's model list
+            body = {"object": "list", "data": [{"id": "teacher", "object": "model"}]}
+            self._send(200, json.dumps(body).encode())
         else:
             self._send(404, b'{"error":"not found"}')
 
@@ -451,7 +456,10 @@ def main(argv):
     cfg = {}
     if "--config" in argv:
         cfg = json.loads(argv[argv.index("--config") + 1])
-    srv = Server(("127.0.0.1", 0), cfg)
+    if "--delay" in argv:  # a server that takes a while to load its model
+        time.sleep(float(argv[argv.index("--delay") + 1]))
+    port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 0
+    srv = Server(("127.0.0.1", port), cfg)
     print(f"PORT {srv.server_address[1]}", flush=True)
     try:
         srv.serve_forever(poll_interval=0.05)
