@@ -145,3 +145,41 @@ end
         assert got["r"] == pytest.approx((ev - 1) / 8, abs=1e-5)
         assert got["mass"] == pytest.approx(sum(probs), rel=1e-4)
         assert got["pid"] != os.getpid() and got["pid"] is not None
+
+
+SMOLLM2 = os.environ.get("RLHOST_SMOLLM2_DIR",
+                         os.path.join(ROOT, "models", "smollm2-135m-instruct"))
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SMOLLM2, "config.json")),
+                    reason="SmolLM2-135M-Instruct is not converted here (make models)")
+def test_smollm2_judge_logprobs_and_text(tmp_path):
+    """The real judge model, briefly: two replies, yes/no verdicts from the next-token
+    distribution (equal to the model's own), and a text verdict cut at 3 tokens, which
+    is a parse failure with finish = "length", never a score."""
+    body = f"""
+local jm <close> = rl.model {{ path = {json.dumps(SMOLLM2)}, transport = "worker", threads = 2 }}
+local j = rl.judge {{ model = jm, verdict = "logprobs", scale = {{ 0, 1 }}, min_mass = 0,
+                      choices = {{ yes = 1, Yes = 1, no = 0, No = 0 }},
+                      rubric = {json.dumps(os.path.join(ROOT, "recipes", "rubrics", "smollm2_english.txt"))} }}
+local s = {{ {{ prompt = "Greet me.", text = "Hello there, nice to meet you." }},
+            {{ prompt = "Greet me.", text = "Bonjour, enchanté de vous rencontrer." }} }}
+local r, info = rl.score(j, s)
+for i = 1, 2 do
+  local d = jm:next_logprobs({{ j:prompt_for(s[i]) }}, {{ "No", "Yes", "no", "yes" }})
+  out {{ r = r[i], mass = info[i].mass, lp = d.logprobs[1] }}
+end
+local t = rl.judge {{ model = jm, max_tokens = 3 }}
+local r2, info2 = rl.score(t, {{ s[1] }})
+out {{ r = r2[1], kind = info2[1].kind, finish = info2[1].finish, tokens = info2.summary.completion_tokens }}
+"""
+    p, lines = run_lua(tmp_path, body, timeout=600)
+    assert p.returncode == 0, p.stderr
+    for got in lines[:2]:
+        no, yes = math.exp(got["lp"][0]) + math.exp(got["lp"][2]), \
+            math.exp(got["lp"][1]) + math.exp(got["lp"][3])
+        assert got["r"] == pytest.approx(yes / (yes + no), abs=1e-4)
+        assert got["mass"] == pytest.approx(yes + no, rel=1e-3) and 0.05 < got["mass"] <= 1
+    last = lines[2]
+    assert last.get("r") is None and last["kind"] == "parse" and last["finish"] == "length"
+    assert last["tokens"] == 3
