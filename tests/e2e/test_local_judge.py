@@ -92,6 +92,21 @@ out {{ r = r[1], kind = info[1].kind, message = info[1].message, raw = info[1].r
     assert '" The"' in got["message"] and got["failures"] == {"parse": 8}
 
 
+def test_endpoint_without_logprobs_is_a_parse_failure(tmp_path, teacher):
+    # A prompt the teacher does not take for a judge prompt gets an echo without
+    # log-probs, as from a server that does not offer them.
+    body = f"""
+local ep = rl.endpoint {{ url = "{teacher.url}", model = "t" }}
+local j = rl.judge {{ endpoint = ep, verdict = "logprobs", rubric = "Q {{prompt}} A {{completion}} Score: " }}
+local r, info = rl.score(j, samples())
+out {{ r = r[1], kind = info[1].kind, message = info[1].message }}
+"""
+    p, lines = run_lua(tmp_path, body)
+    assert p.returncode == 0, p.stderr
+    assert lines[0].get("r") is None and lines[0]["kind"] == "parse"
+    assert "no top log-probs" in lines[0]["message"]
+
+
 def test_endpoint_logprobs_pairwise(tmp_path):
     with Teacher(rule="longer") as t:
         body = f"""
