@@ -174,6 +174,29 @@ t.test("the judge's deadline is a per-sample timeout; the worker comes back", fu
   t.ok(r2[1] ~= nil, "the next call starts a new worker")
 end)
 
+-- Whether pid has exited (gone, or a zombie not yet reaped by this host).
+local function exited(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return true end
+  local st = f:read("a"):match("%) (%a)")
+  f:close()
+  return st == "Z" or st == "X"
+end
+
+t.test("a judge worker that dies is kind crash per sample; the next call has a new one", function()
+  local j = rl.judge { model = w, verdict = "logprobs", min_mass = 0, rubric = SHORT }
+  local pid = w:info().pid
+  os.execute("kill -9 " .. pid)
+  local deadline = rl.fs.monotonic() + 30
+  while not exited(pid) and rl.fs.monotonic() < deadline do rl.fs.sleep(0.02) end
+  t.ok(exited(pid), "the worker was killed")
+  local r, info = rl.score(j, { { prompt = "a", text = "b" }, { prompt = "c", text = "d" } })
+  t.eq(r[1], nil); t.eq(info[1].kind, "crash"); t.eq(info[2].kind, "crash")
+  t.match(info[1].message, "killed by signal SIGKILL")
+  local r2 = rl.score(j, { { prompt = "a", text = "b" } })
+  t.ok(type(r2[1]) == "number", "scored by the restarted worker")
+end)
+
 t.test("cache: keyed by the judge model's identity (weights fingerprint) and rubric", function()
   local path = os.tmpname()
   local s = { { prompt = "q", text = "a" } }
