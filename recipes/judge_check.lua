@@ -111,6 +111,7 @@ end
 -- Inputs first: a bad data file, rubric or setting stops here (exit 2).
 local reference = reference_of(cfg.reference)
 local lo, hi = pair_of(cfg.scale, "scale")
+local choices = choices_of(cfg.choices)
 local rows = rl.dataset(find(cfg.data)):all()
 if cfg.limit > 0 and #rows > cfg.limit then rows = rl.slice(rows, 1, cfg.limit) end
 local samples = {}
@@ -123,6 +124,11 @@ for i, r in ipairs(rows) do
                   :format(cfg.data, i))
   end
   samples[i] = s
+end
+for _, k in ipairs(cfg.pairwise and {"rubric", "pairwise_rubric"} or {"rubric"}) do
+  local f, err = io.open(find(cfg[k]), "rb") -- before a judge model takes time to load
+  if not f then raise("config", ("setting '%s': cannot read %s"):format(k, err)) end
+  f:close()
 end
 if not cfg.judge_model and not cfg.teacher_url then
   raise("config", "no judge: set judge_model= (a local model) or RL_TEACHER_URL")
@@ -143,7 +149,7 @@ local function judge(mode, rubric)
   if mode == "pointwise" then o.scale = {lo, hi} end
   if cfg.verdict == "logprobs" then
     o.min_mass = cfg.min_mass
-    if mode == "pointwise" then o.choices = choices_of(cfg.choices) end
+    if mode == "pointwise" then o.choices = choices end
   else
     o.max_tokens = cfg.max_tokens
   end

@@ -153,3 +153,15 @@ def test_judge_check_pairwise_accuracy_and_position_bias(tmp_path):
     assert rep["position_bias_rate"]["value"] == pytest.approx(1 / 3)
     assert rep["pairwise_failure_rate"]["value"] == 0
     assert rep["verdict_mass"]["value"] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["rubric=missing.txt"], "setting 'rubric': cannot read missing.txt"),
+    (["reference=votes"], "setting 'reference' must be task, field:NAME"),
+    (["scale=5,1"], "setting 'scale' must be 'lo,hi' with lo < hi"),
+    (["choices=yes"], "setting 'choices' must be verdict=score"),
+])
+def test_judge_check_bad_settings(tmp_path, args, msg):
+    p = check(tmp_path, ["judge_model=builtin:tiny", "out=out", *args])
+    assert p.returncode == 2 and msg in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()
