@@ -753,7 +753,9 @@ class TorchModel:
                     lp = logp[i].gather(0, cand)
                     out["logprobs"].append(lp.tolist())
                     out["mass"].append(float(lp.exp().sum()))
-                    out["top"].append(self.tok.decode([int(top_id[i])]))
+                    t = int(top_id[i])
+                    # A special token (end of turn) decodes to nothing: name it by id.
+                    out["top"].append(self.tok.decode([t]) or f"<token {t}>")
                     out["top_logprob"].append(float(top_lp[i]))
         return out
 
