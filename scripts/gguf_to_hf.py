@@ -158,26 +158,6 @@ def _rebuild(model: Any, dtype: Any) -> Any:
     return plain
 
 
-def _portable_tokenizer_config(stage: str, tok: Any) -> None:
-    """Make tokenizer_config.json readable by transformers 4.x too (vLLM, TGI and
-    llama.cpp's converter often run it): transformers 5 writes its own class name
-    `TokenizersBackend`, which 4.x lacks; `PreTrainedTokenizerFast` names the same class
-    in 5.x. The chat template is also put inline, where readers older than
-    chat_template.jinja look for it. Load-time-only keys are dropped."""
-    path = os.path.join(stage, "tokenizer_config.json")
-    with open(path) as f:
-        cfg = json.load(f)
-    if cfg.get("tokenizer_class") == "TokenizersBackend":
-        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    for key in ("is_local", "local_files_only"):
-        cfg.pop(key, None)
-    if tok.chat_template and "chat_template" not in cfg:
-        cfg["chat_template"] = tok.chat_template
-    with open(path, "w") as f:
-        json.dump(cfg, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-
-
 def _check_logits(reference: Any, out_dir: str, tok: Any, dtype: Any) -> float:
     """Largest |difference| between the logits of `reference` and of out_dir loaded
     back; raises unless it is 0 for float32."""
@@ -226,7 +206,8 @@ def convert(source: str, out_dir: str, dtype_name: str = "float32",
         stage = os.path.join(work, "out")
         plain.save_pretrained(stage)
         tok.save_pretrained(stage)
-        _portable_tokenizer_config(stage, tok)
+        from rlengine.torch_export import portable_tokenizer_config
+        portable_tokenizer_config(stage, tok)
         diff = _check_logits(model, stage, tok, dtype)
         weights = os.path.join(stage, "model.safetensors")
         if not os.path.isfile(weights):

@@ -827,6 +827,9 @@ class TorchModel:
                                   {"format": "pt", "arch": json.dumps(self.net.arch())})
             else:
                 torch_export.save_hf_merged(self.module, self.tok.tok, sd, tmp)
+            with open(os.path.join(tmp, torch_export.EXPORT_RECORD), "w") as f:
+                json.dump({"version": self.version, "steps": self.steps,
+                           "base_model": self._base_model(), "lora": self.opts["lora"]}, f)
             files = sorted(os.listdir(tmp))
             torch_export.replace_dir(tmp, d)
         except OSError as exc:

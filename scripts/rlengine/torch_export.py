@@ -9,11 +9,16 @@ place.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 from typing import Any
 
 import torch
+
+# Written into every export: {"version", "steps", "base_model", "lora"} of the model
+# that was saved (recipes compare steps with a run's checkpoints).
+EXPORT_RECORD = "rlhost-export.json"
 
 
 def save_hf_merged(module: Any, tokenizer: Any, state_dict: dict[str, torch.Tensor] | None,
@@ -38,6 +43,27 @@ def save_hf_merged(module: Any, tokenizer: Any, state_dict: dict[str, torch.Tens
         plain.save_pretrained(out_dir)
         del plain
     tokenizer.save_pretrained(out_dir)
+    portable_tokenizer_config(out_dir, tokenizer)
+
+
+def portable_tokenizer_config(out_dir: str, tok: Any) -> None:
+    """Make tokenizer_config.json readable by transformers 4.x too (vLLM, TGI and
+    llama.cpp's converter often run it): transformers 5 writes its own class name
+    `TokenizersBackend`, which 4.x lacks; `PreTrainedTokenizerFast` names the same class
+    in 5.x. The chat template is also put inline, where readers older than
+    chat_template.jinja look for it. Load-time-only keys are dropped."""
+    path = os.path.join(out_dir, "tokenizer_config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("is_local", "local_files_only"):
+        cfg.pop(key, None)
+    if tok.chat_template and "chat_template" not in cfg:
+        cfg["chat_template"] = tok.chat_template
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2, ensure_ascii=False)
+        f.write("\n")
 
 
 def replace_dir(src: str, dst: str) -> None:
