@@ -157,6 +157,20 @@ def test_merged_export_loads_in_transformers_and_generates_identically(llama, tm
     call(op="close", model=h)
 
 
+def test_merged_export_of_a_full_fine_tune_is_the_model_itself(llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+    h = call(op="load", path=str(llama), threads=THREADS, lr=1e-2)["model"]
+    train(h, 1)
+    call(op="save", model=h, dir=str(tmp_path / "m"), merged=True)
+    rec = json.loads((tmp_path / "m" / "rlhost-export.json").read_text())
+    assert rec["steps"] == 1 and rec["lora"] is None and rec["base_model"] == str(llama)
+    back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"), local_files_only=True)
+    mine = model_obj(h).module.state_dict()
+    for k, v in back.state_dict().items():
+        assert torch.equal(v, mine[k]), k
+    call(op="close", model=h)
+
+
 def test_kl_reference_is_the_base_model_with_adapter_disabled(llama):
     h = lora_load(llama, reference=True)["model"]
     m = model_obj(h)
