@@ -121,7 +121,6 @@ def extract_gguf(source: str, member: str | None, into: str) -> str:
 
 
 def _load_gguf(gguf_path: str) -> tuple[Any, Any]:
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's own progress bar
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -192,6 +191,8 @@ def convert(source: str, out_dir: str, dtype_name: str = "float32",
     if dtype_name not in ("float32", "bfloat16"):
         raise InputError(f"--dtype must be float32 or bfloat16, got '{dtype_name}'")
     check_source(source, member)  # bad input fails fast, before torch loads
+    # The GGUF loader's own progress bar; tqdm reads this when it is first imported.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
     dtype = getattr(torch, dtype_name)
     out_dir = os.path.abspath(out_dir)
