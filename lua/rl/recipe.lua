@@ -35,12 +35,12 @@ local function rl_model(opts) return require("rl.model").model(opts) end
 -- (a recipe's own value for one of them wins).
 function M.settings(defaults)
   local shared = {
-    model = config.optional "string",
+    model = config.optional "string",  -- a short name need not exist as a path
     precision = config.optional "string",
-    device = "auto",
-    lora_r = 0,
-    lora_alpha = 0.0,
-    lora_dropout = 0.0,
+    device = config.setting{"auto", choices = {"auto", "cpu", "cuda"}},
+    lora_r = config.setting{0, min = 0},
+    lora_alpha = config.setting{0.0, min = 0},
+    lora_dropout = config.setting{0.0, min = 0, below = 1},
     lora_targets = "all-linear",
     gradient_checkpointing = false,
     chat = config.optional "boolean",
@@ -54,7 +54,6 @@ end
 
 --- The `lora` rl.model option the settings describe, or nil for a full fine-tune.
 function M.lora(cfg)
-  if cfg.lora_r < 0 then config_error("setting 'lora_r' must be >= 0 (0: no LoRA), got %d", cfg.lora_r) end
   if cfg.lora_r == 0 then return nil end
   local targets = cfg.lora_targets
   if targets ~= "all-linear" then
