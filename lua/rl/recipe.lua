@@ -136,7 +136,9 @@ function M.start(cfg, run_dir)
   end
   local export = run_export(init, ck)
   if export then return {path = export} end
-  if ck.base:match("^builtin:") then return {path = ck.base, checkpoint = ck.dir, lora = ck.lora} end
+  if ck.base:match("^builtin:") then
+    return {path = ck.base, checkpoint = ck.dir, lora = ck.lora}
+  end
   if not ck.lora then return {path = ck.dir .. "/hf"} end
   -- The merge is made once per run; init-model.json (written after it) says from what.
   local merged, mark_path = run_dir .. "/init-model", run_dir .. "/init-model.json"
