@@ -162,12 +162,14 @@ end
         assert got["pid"] != os.getpid() and got["pid"] is not None
 
 
-SMOLLM2 = os.environ.get("RLHOST_SMOLLM2_DIR",
-                         os.path.join(ROOT, "models", "smollm2-135m-instruct"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from rlengine import model_path  # noqa: E402
+
+SMOLLM2 = "smollm2-135m-instruct"
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(SMOLLM2, "config.json")),
-                    reason="SmolLM2-135M-Instruct is not converted here (make models)")
+@pytest.mark.skipif(SMOLLM2 not in model_path.available(),
+                    reason=f"{SMOLLM2} is not built (run `make models`; `make test` does)")
 def test_smollm2_judge_logprobs_and_text(tmp_path):
     """The real judge model, briefly: two replies, yes/no verdicts from the next-token
     distribution (equal to the model's own), and a text verdict cut at 3 tokens, which
