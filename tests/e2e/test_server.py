@@ -91,18 +91,20 @@ out { ok = ok, kind = e.kind, message = e.message }
 
 def test_server_not_ready_times_out_and_is_stopped(tmp_path):
     body = """
-local ok, e = pcall(rl.server, { command = { "sleep", "300" }, timeout = 1, grace = 1 })
-out { ok = ok, kind = e.kind, message = e.message }
+local ok, e = pcall(rl.server, { command = { "sh", "-c", "echo $$ > pid.txt; exec sleep 300" },
+                                 timeout = 1, grace = 1 })
+local pid = io.open("pid.txt"):read("l")
+-- Checked while the host still runs: stopped by rl.server itself, not by the host's exit.
+out { ok = ok, kind = e.kind, message = e.message,
+      alive = os.execute("kill -0 " .. pid .. " 2>/dev/null") == true }
 """
     p, lines = run(tmp_path, body)
     assert p.returncode == 0, p.stderr
     got = lines[0]
     assert got["ok"] is False and got["kind"] == "timeout"
-    assert "not ready after 1s" in got["message"]
-    out = subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, text=True)
-    mine = [int(x) for x in out.stdout.split()
-            if open(f"/proc/{x}/stat").read().rsplit(")", 1)[1].split()[2] == str(os.getpid())]
-    assert mine == []
+    assert "not ready after 1s" in got["message"] and got["alive"] is False
+    pid = int((tmp_path / "pid.txt").read_text())  # the shell became the sleep (exec)
+    assert gone(pid, within=0.5), "the server that never became ready was left running"
 
 
 def test_bad_command_is_a_config_error(tmp_path):
