@@ -115,13 +115,22 @@ def test_bad_command_is_a_config_error(tmp_path):
 
 def test_recipe_error_stops_the_server(tmp_path):
     body = """
-local srv <close> = rl.server { command = { PY, TEACHER, "--port", "{port}" } }
-out { pid = srv.pid }
+local pid
+local ok, e = pcall(function()
+  local srv <close> = rl.server { command = { PY, TEACHER, "--port", "{port}" } }
+  pid = srv.pid
+  error("a step failed")
+end)
+-- The <close> variable stopped it on the way out of the failing scope.
+out { pid = pid, ok = ok, alive = os.execute("kill -0 " .. pid .. " 2>/dev/null") == true }
+local srv2 = rl.server { command = { PY, TEACHER, "--port", "{port}" } }
+out { pid = srv2.pid }
 error("the recipe failed")
 """
     p, lines = run(tmp_path, body)
     assert p.returncode == 1 and "the recipe failed" in p.stderr
-    assert gone(lines[0]["pid"])
+    assert lines[0]["ok"] is False and lines[0]["alive"] is False
+    assert gone(lines[1]["pid"]), "a server left open outlived the failed recipe"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
