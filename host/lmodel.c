@@ -91,7 +91,10 @@ static const Opt load_opts[] = {
     {"device", 'S'},   {"dtype", 'S'},        {"threads", 'I'},    {"seed", 'I'},
     {"reference", 'B'}, {"lr", 'N'},          {"weight_decay", 'N'}, {"betas", 'P'},
     {"eps", 'N'},      {"schedule", 'S'},     {"warmup", 'I'},     {"total_steps", 'I'},
-    {"min_lr_ratio", 'N'}, {NULL, 0},
+    {"min_lr_ratio", 'N'},
+    /* precision and memory (torch_precision.py) */
+    {"precision", 'S'}, {"gradient_checkpointing", 'B'},
+    {NULL, 0},
 };
 
 static size_t edit_distance(const char *a, const char *b)

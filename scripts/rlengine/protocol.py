@@ -211,7 +211,11 @@ LOAD = {
     "path": Field(string(), required=True),
     "backend": Field(choice("torch"), "torch"),
     "device": Field(choice("auto", "cpu", "cuda"), "auto"),
-    "dtype": Field(choice("float32", "float64", "bfloat16", "float16"), "float32"),
+    # dtype is the parameters' storage type; precision (torch_precision.py) adds
+    # autocast and a gradient scaler. Both unset: fp32 on the CPU, bf16-mixed on CUDA.
+    "dtype": Field(choice("float32", "float64", "bfloat16", "float16"), None),
+    "precision": Field(choice("fp32", "bf16-mixed", "bf16", "fp16-mixed"), None),
+    "gradient_checkpointing": Field(boolean, False),
     "threads": Field(integer(1), None),
     "seed": Field(integer(0, 2**63 - 1), 0),
     "reference": Field(boolean, False),
@@ -260,6 +264,7 @@ OPS: dict[str, dict[str, Field]] = {
         "clip_high": Field(number(0.0), 0.2),
         "total_tokens": Field(integer(1), None),
         "total_samples": Field(integer(1), None),
+        "entropy": Field(boolean, True),
     },
     "step": {
         "clip": Field(number(0.0), None),
