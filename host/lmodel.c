@@ -90,11 +90,9 @@ static const Opt load_opts[] = {
     {"path", 'S'},     {"transport", 'S'},    {"timeout", 'N'},    {"backend", 'S'},
     {"device", 'S'},   {"dtype", 'S'},        {"threads", 'I'},    {"seed", 'I'},
     {"reference", 'B'}, {"lr", 'N'},          {"weight_decay", 'N'}, {"betas", 'P'},
+    {"precision", 'S'}, {"gradient_checkpointing", 'B'}, /* torch_precision.py */
     {"eps", 'N'},      {"schedule", 'S'},     {"warmup", 'I'},     {"total_steps", 'I'},
-    {"min_lr_ratio", 'N'},
-    /* precision and memory (torch_precision.py) */
-    {"precision", 'S'}, {"gradient_checkpointing", 'B'},
-    {NULL, 0},
+    {"min_lr_ratio", 'N'}, {NULL, 0},
 };
 
 static size_t edit_distance(const char *a, const char *b)

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 
 from . import __version__
-from .cores import available_cores
 from .errors import ConfigError, EngineIOError, NonFiniteError, StateError
+from .cores import available_cores
+from .torch_precision import (Checkpointing, adamw_kernel, entropy_sum, keeps_position_mask,
+                              resolve as resolve_precision)
 from .torch_io import (check_safetensors_file, corrupt_error, export_weights, forget,
                        import_weights, load_safetensors, read_safetensors_into,
                        write_safetensors)
 from .torch_models import BUILTIN_CONFIGS, GPT, ByteTokenizer, build
-from .torch_precision import (Checkpointing, adamw_kernel, entropy_sum, keeps_position_mask,
-                              resolve as resolve_precision)
 
 log = logging.getLogger("rlengine")
 
@@ -231,7 +231,8 @@ class HFNet:
                           keep: torch.Tensor) -> torch.Tensor:
         # The model's own head (tied embeddings, soft-capping, logit scaling included)
         # on the kept positions only: no (B, L, V) logits over prompts and padding.
-        if keeps_position_mask(module):
+        # The class decides; `module` may be a copy or a wrapper of it (the reference).
+        if keeps_position_mask(self.module):
             return module(input_ids=ids, attention_mask=valid.long(), use_cache=False,
                           logits_to_keep=keep).logits
         return self.logits(module, ids, valid)[keep]
@@ -335,9 +336,6 @@ class TorchModel:
         self.ref = None
         if o["reference"]:
             self.ref = copy.deepcopy(self.module).requires_grad_(False)
-        self.ckpt = Checkpointing(self.module, isinstance(self.net, BuiltinNet)) \
-            if o["gradient_checkpointing"] else None
-        self.scaler = self.prec.grad_scaler()
         self.params = dict(self.module.named_parameters())
         decay = [p for p in self.params.values() if p.dim() >= 2]
         no_decay = [p for p in self.params.values() if p.dim() < 2]
@@ -347,6 +345,9 @@ class TorchModel:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         self.opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]),
                                      eps=o["eps"], **adamw_kernel(self.device))
+        self.ckpt = Checkpointing(self.module, isinstance(self.net, BuiltinNet)) \
+            if o["gradient_checkpointing"] else None
+        self.scaler = self.prec.grad_scaler()
         self.version = 0
         self.steps = 0
         self.export_path: str | None = None
@@ -355,12 +356,6 @@ class TorchModel:
 
     # ---- helpers ---------------------------------------------------------------------
 
-    def activate(self) -> None:
-        """Called before each op: torch's thread count is process-wide, and another
-        model loaded in the same process may have set its own."""
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-
     def _reset_accum(self) -> None:
         self.acc = {"calls": 0, "loss": 0.0, "kl": 0.0, "kl_tokens": 0, "entropy": 0.0,
                     "entropy_tokens": 0, "tokens": 0, "samples": 0}
@@ -368,6 +363,12 @@ class TorchModel:
     def _discard_grads(self) -> None:
         self.opt.zero_grad(set_to_none=True)
         self._reset_accum()
+
+    def activate(self) -> None:
+        """Called before each op: torch's thread count is process-wide, and another
+        model loaded in the same process may have set its own."""
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def lr_at(self, step: int) -> float:
         o = self.opts

@@ -191,8 +191,8 @@ def keeps_position_mask(module: Any) -> bool:
     cls = type(base)
     if cls not in _KEEPS_MASK:
         try:
-            src = inspect.getsource(inspect.unwrap(cls.forward))
-        except (OSError, TypeError):
+            src = inspect.getsource(inspect.unwrap(getattr(cls, "forward")))
+        except (AttributeError, OSError, TypeError):
             src = ""
         _KEEPS_MASK[cls] = "slice_logits_to_keep(" in src
     return _KEEPS_MASK[cls]
