@@ -88,8 +88,8 @@ def resolve(precision: str | None, dtype: str | None, device: torch.device) -> P
         name = precision
     if scaler and not cuda:
         raise ConfigError(f"load: precision '{precision}' needs a CUDA device (float16 "
-                          f"training needs a gradient scaler, which runs on CUDA); this "
-                          f"model is on '{device.type}': use 'bf16-mixed' there")
+                          f"autocast with loss scaling is a GPU recipe); this model is on "
+                          f"'{device.type}': use 'bf16-mixed', which needs no scaler")
     uses_bf16 = compute == torch.bfloat16 or store == "bfloat16"
     if cuda and uses_bf16 and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"load: precision '{name}' needs bfloat16, which this GPU lacks "

@@ -96,6 +96,32 @@ def test_checkpointing_recomputes_and_gives_the_same_gradients(which, llama):
         call(op="close", model=h)
 
 
+def _has_lora() -> bool:
+    from rlengine.protocol import LOAD
+    return "lora" in LOAD
+
+
+@pytest.mark.skipif(not _has_lora(), reason="this engine has no 'lora' load option")
+def test_checkpointing_with_lora_gives_the_same_adapter_gradients(llama):
+    lora = {"r": 4, "alpha": 8}
+    plain = load(llama, seed=3, lora=lora)
+    ckpt = load(llama, seed=3, lora=lora, gradient_checkpointing=True, precision="bf16-mixed")
+    ckpt32 = load(llama, seed=3, lora=lora, gradient_checkpointing=True)
+    units = _inner_modules(ckpt32)
+    calls = _count_calls(units)
+    for h in (plain, ckpt, ckpt32):
+        call(op="backward", model=h, samples=SAMPLES, advantages=ADV, )
+    assert calls[0] == 2 * len(units)
+    ga, gb, gc = _grads(plain), _grads(ckpt), _grads(ckpt32)
+    assert ga.keys() == gc.keys() == gb.keys() and ga
+    assert all("lora" in k for k in ga)
+    for k in ga:
+        assert (ga[k] - gc[k]).abs().max().item() <= 1e-5, k
+        # bf16 compute: the same gradients to bf16 accuracy (relative to their norm)
+        rel = ((ga[k] - gb[k]).norm() / ga[k].norm().clamp(min=1e-30)).item()
+        assert rel < 0.05, (k, rel)
+
+
 def _sft_losses(path, steps=4, **opts) -> list[float]:
     h = load(path, seed=1, lr=3e-3, **opts)
     out = []
