@@ -230,6 +230,40 @@ def test_fp16_mixed_on_cuda_scales_and_resumes(tmp_path):
     assert meta["scaler"]["scale"] == st["loss_scale"]
 
 
+def test_loss_scaling_steps_skips_on_overflow_and_resumes(monkeypatch, tmp_path):
+    """fp16-mixed's GradScaler path, run on the CPU in float32 (the scaler logic does not
+    depend on the device; the CUDA test above covers float16 itself)."""
+    import rlengine.backend_torch as bt
+    from rlengine.torch_precision import Precision
+    scaled = Precision("fp16-mixed", torch.float32, "float32", None, "cpu", True)
+    monkeypatch.setattr(bt, "resolve_precision", lambda *a: scaled)
+    h = load(seed=1, lr=1e-3)
+    monkeypatch.undo()
+    ref = load(seed=1, lr=1e-3)
+    for m in (h, ref):
+        call(op="backward", model=m, samples=SAMPLES, loss="sft")
+    st, st_ref = call(op="step", model=h, clip=1.0), call(op="step", model=ref, clip=1.0)
+    assert st["skipped"] is False and st["loss_scale"] == 2.0 ** 16
+    # Scaling by a power of two and unscaling before the norm changes nothing.
+    assert st["grad_norm"] == pytest.approx(st_ref["grad_norm"], rel=1e-6)
+    for k, p in model_obj(h).params.items():
+        assert torch.allclose(p, model_obj(ref).params[k], atol=1e-7), k
+    before = {k: p.detach().clone() for k, p in model_obj(h).params.items()}
+    call(op="backward", model=h, samples=SAMPLES, loss="sft")
+    next(iter(model_obj(h).params.values())).grad[0].fill_(float("inf"))  # an overflow
+    st = call(op="step", model=h)
+    assert st["skipped"] is True and st["version"] == 1 and st["loss_scale"] == 2.0 ** 15
+    for k, p in model_obj(h).params.items():
+        assert torch.equal(p, before[k]), k
+    assert all(p.grad is None for p in model_obj(h).params.values())
+    call(op="save", model=h, dir=str(tmp_path / "ck"))
+    assert json.loads((tmp_path / "ck" / "engine.json").read_text())["scaler"]["scale"] == 2.0 ** 15
+    monkeypatch.setattr(bt, "resolve_precision", lambda *a: scaled)
+    b = load(seed=7, lr=1e-3)
+    call(op="restore", model=b, dir=str(tmp_path / "ck"))
+    assert model_obj(b).scaler.get_scale() == 2.0 ** 15
+
+
 # ---- the LM head on completion positions ------------------------------------------------
 
 def _full_logprobs(module, seqs) -> list[list[float]]:
