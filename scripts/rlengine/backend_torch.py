@@ -458,10 +458,10 @@ class TorchModel:
         return {"params": n, "trainable": trainable, "device": str(self.device),
                 "dtype": self.opts["dtype"], "version": self.version, "steps": self.steps,
                 "path": self.opts["path"], "arch": self.net.arch_name(), "vocab": self.net.vocab,
-                "context": self.net.context, "reference": self.ref is not None,
-                "backend": "torch", "threads": torch.get_num_threads(),
                 "cores": available_cores(), "precision": self.prec.name,
-                "gradient_checkpointing": self.ckpt is not None}
+                "gradient_checkpointing": self.ckpt is not None,
+                "context": self.net.context, "reference": self.ref is not None,
+                "backend": "torch", "threads": torch.get_num_threads()}
 
     def generate(self, o: dict) -> dict:
         tok = self.tok
