@@ -22,6 +22,11 @@
 -- weights, optimizer state, version) is lost, so sync a generator again, and
 -- info().restarts says it happened.
 --
+-- Precision and memory: `precision` ("fp32", the CPU default; "bf16-mixed": float32
+-- master weights, bfloat16 autocast; "bf16": pure bfloat16; "fp16-mixed": CUDA only,
+-- with a gradient scaler) and `gradient_checkpointing = true` (recompute activations in
+-- the backward pass); `threads` defaults to the cores the process may use.
+--
 -- The C handle carries requests to the engine (scripts/PROTOCOL.md) over the chosen
 -- transport; the methods here shape them. Option names and values are checked by the
 -- engine, which names the field at fault (kind="config"); a bad request leaves the

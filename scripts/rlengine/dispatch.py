@@ -154,6 +154,9 @@ def dispatch(req: Any) -> dict:
             model.close()
             result = {}
         else:
+            # Process-wide settings (torch's thread count) are per model: embedded
+            # models share one process, so each op puts its own model's back.
+            getattr(model, "activate", lambda: None)()
             result = MODEL_HANDLERS[op](model, opts)
         return {"id": rid, "ok": True, **result}
     except SystemExit:

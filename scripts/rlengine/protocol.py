@@ -267,7 +267,11 @@ LOAD = {
     "path": Field(string(), required=True),
     "backend": Field(choice("torch"), "torch"),
     "device": Field(choice("auto", "cpu", "cuda"), "auto"),
-    "dtype": Field(choice("float32", "float64", "bfloat16", "float16"), "float32"),
+    # dtype is the parameters' storage type; precision (torch_precision.py) adds
+    # autocast and a gradient scaler. Both unset: fp32 on the CPU, bf16-mixed on CUDA.
+    "dtype": Field(choice("float32", "float64", "bfloat16", "float16"), None),
+    "precision": Field(choice("fp32", "bf16-mixed", "bf16", "fp16-mixed"), None),
+    "gradient_checkpointing": Field(boolean, False),
     "threads": Field(integer(1), None),
     "seed": Field(integer(0, 2**63 - 1), 0),
     "reference": Field(boolean, False),
@@ -315,6 +319,7 @@ OPS: dict[str, dict[str, Field]] = {
         "advantages": Field(advantages, None),
         "kl": Field(number(0.0), 0.0),
         "kl_estimator": Field(choice("k1", "k3"), "k3"),
+        "entropy": Field(boolean, True),  # the statistic; false skips its (N, V) pass
         "agg": Field(choice("token-mean", "seq-mean"), "token-mean"),
         "scale": Field(number(), 1.0),
         "clip_low": Field(number(0.0, 1.0), 0.2),
