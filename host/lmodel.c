@@ -91,7 +91,9 @@ static const Opt load_opts[] = {
     {"device", 'S'},   {"dtype", 'S'},        {"threads", 'I'},    {"seed", 'I'},
     {"reference", 'B'}, {"lr", 'N'},          {"weight_decay", 'N'}, {"betas", 'P'},
     {"eps", 'N'},      {"schedule", 'S'},     {"warmup", 'I'},     {"total_steps", 'I'},
-    {"min_lr_ratio", 'N'}, {NULL, 0},
+    {"min_lr_ratio", 'N'},
+    {"chat", 'B'},     {"system", 'S'}, /* chat template (scripts/rlengine/chat.py) */
+    {NULL, 0},
 };
 
 static size_t edit_distance(const char *a, const char *b)
