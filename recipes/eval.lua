@@ -48,7 +48,8 @@ local task = require("tasks." .. cfg.task)
 local max_tokens = cfg.max_tokens > 0 and cfg.max_tokens or task.max_tokens
 
 -- Inputs first: a bad data file, a missing checkpoint or rubric stops here (exit 2).
-local data = rl.dataset(find(cfg.data or task.heldout))
+local data = rl.dataset(find(cfg.data or task.heldout),
+                        {formats = {"prompt", "prompt-completion", "preference"}})
 local models = {}
 if cfg.checkpoint then
   models[1] = {label = cfg.label or cfg.checkpoint, dir = rl.checkpoint.find(cfg.checkpoint)}

@@ -4,7 +4,11 @@
 --   build/rlhost recipes/sft.lua                      # the sort task, runs/sft/
 --   build/rlhost recipes/sft.lua steps=300 dir=runs/sft-long data=my.jsonl
 --
--- Data: JSON Lines with "prompt" and "completion" (other fields are ignored here).
+-- Data: JSON Lines or a JSON array of "prompt" and "completion" rows (strings, or chat
+-- messages: trained on the completion) or "messages" rows (conversations: trained on
+-- every assistant message); other fields are ignored here. With a model whose
+-- tokenizer has a chat template, prompts are rendered with it (README, "Datasets and
+-- chat templates").
 -- The run directory holds config.json, metrics.jsonl (loss per step), checkpoints
 -- ckpt-<step>/ and metrics.png; the last checkpoint is the trained model.
 local rl = require "rl"
@@ -48,12 +52,13 @@ local task = require("tasks." .. cfg.task)
 
 -- Check what is cheap to check before loading anything: a bad data file stops the
 -- run here (file and line named, exit status 2) and the run directory stays as it was.
-local opts = {shuffle = true, seed = cfg.seed, require = {"prompt", "completion"}}
+local opts = {shuffle = true, seed = cfg.seed, formats = {"prompt-completion", "messages"}}
 local data = rl.dataset(find(cfg.data or task.train), opts)
 if cfg.examples > 0 and cfg.examples < #data then
   data = rl.dataset(rl.slice(data:all(), 1, cfg.examples), opts)
 end
-local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout)) or nil
+local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout),
+  {formats = {"prompt", "prompt-completion", "preference"}}) or nil
 
 -- The run directory: refused here if it holds another config's run (more steps, or
 -- the directory moved, are fine: resuming extends the run).
@@ -94,9 +99,8 @@ run:model(policy)
 run:dataset(data)
 
 for step in run:steps(cfg.steps) do
-  local rows = data:next(cfg.batch)
-  local examples = {}
-  for i, r in ipairs(rows) do examples[i] = {prompt = r.prompt, text = r.completion} end
+  -- model:backward trains on a row's completion, or a conversation's assistant turns.
+  local examples = data:next(cfg.batch)
   -- Every example weighs the same ("seq-mean" over the whole batch), so summing the
   -- micro-batches' gradients gives exactly the full batch's gradient.
   local stop = run:phase("train")

@@ -579,7 +579,8 @@ class TorchModel:
         adv = o["advantages"]
         # A sample contributes when it has an advantage (or the loss needs none) and at
         # least one completion token; the others are dropped before the forward pass.
-        keep = [i for i, s in enumerate(seqs) if s.targets() and (adv is None or adv[i] is not None)]
+        keep = [i for i, s in enumerate(seqs)
+                if s.targets() and (adv is None or adv[i] is not None)]
         stats = {"loss": 0.0, "kl": None, "entropy": None, "tokens": 0,
                  "samples": len(keep), "clip_frac": 0.0}
         if not keep:

@@ -172,7 +172,8 @@ def _int_list(op: str, where: str, v: Any) -> list[int]:
 
 
 def samples(op: str, name: str, v: Any) -> list[dict]:
-    """Samples as produced by generate (prompt_ids/ids) or by others (prompt/text).
+    """Samples as produced by generate (prompt_ids/ids), by others (prompt/text: strings
+    or message lists) or conversations (messages; see rlengine.chat).
 
     Fields other than the ones read here ride along from Lua (source, version, extra
     prompt fields) and are ignored on purpose: a sample is data, not options.
