@@ -32,6 +32,14 @@ t.test("builtin model (no template): message prompts are their text; samples kee
   t.eq(e.kind, "config")
   e = t.raises(function() m:generate({"a"}, {system = "x"}) end, "'system' needs the chat template")
   t.eq(e.kind, "config")
+  -- the load options are checked before anything loads
+  e = t.raises(function() rl.model{path = "builtin:tiny", chat = "yes"} end,
+               "option 'chat' must be a boolean")
+  t.eq(e.kind, "config")
+  t.raises(function() rl.model{path = "builtin:tiny", system = 5} end,
+           "option 'system' must be a string")
+  t.raises(function() rl.model{path = "builtin:tiny", chat = true} end,
+           "'chat' is true but this model's tokenizer has no chat template")
 end)
 
 t.test("recipes/sft.lua: strings, prompt-completion messages, conversations and a .json "
