@@ -37,10 +37,11 @@ local function copy(t)
   return out
 end
 
--- What the engine reads of a sample: token ids when the engine made it, else prompt
--- and text; the log-probs recorded at generation only where the loss uses them (ppo),
--- since encoding every token's float is most of a request's cost. Everything else a
--- sample carries (source, group, a dataset's extra fields) stays in Lua.
+-- What the engine reads of a sample: token ids when the engine made it, else prompt,
+-- text and finish (a text cut at max_tokens, finish="length", gets no EOS: it did not
+-- end there); the log-probs recorded at generation only where the loss uses them
+-- (ppo), since encoding every token's float is most of a request's cost. Everything
+-- else a sample carries (source, group, a dataset's extra fields) stays in Lua.
 -- Dataset rows go as they are: a prompt's messages stand for its text, a row's
 -- completion for text, and a `messages` row is a conversation (rlengine/chat.py).
 local function engine_samples(samples, with_logprobs)
@@ -58,7 +59,8 @@ local function engine_samples(samples, with_logprobs)
     else
       local text = s.text
       if text == nil then text = s.completion end
-      out[i] = { prompt = s.messages or s.prompt, text = text, logprobs = lp }
+      out[i] = { prompt = s.messages or s.prompt, text = text, finish = s.finish,
+                 logprobs = lp }
     end
   end
   return out

@@ -195,24 +195,25 @@ function M.mix(parts)
   for i, p in ipairs(parts) do
     local sc, w = p[1] or p.scorer, p[2] or p.weight or 1
     if sc == nil or type(w) ~= "number" then config_error("rl.reward.mix: part %d must be {scorer, weight}", i) end
+    if not (w > -math.huge and w < math.huge) then
+      config_error("rl.reward.mix: part %d's weight must be a finite number, got %s", i, tostring(w))
+    end
     list[i] = { scorer = sc, weight = w }
   end
   return setmetatable({ parts = list, missing = parts.missing or "nil" }, Mix)
 end
 
 function Mix:score(samples, opts)
-  local score = require("rl.score").score
+  local S = require "rl.score"
   local per = {}
-  local summary = { requests = 0, retries = 0, cache_hits = 0, prompt_tokens = 0, completion_tokens = 0 }
+  local summary = S.add_summary({}, nil)
   for k, p in ipairs(self.parts) do
     local o = {}
     for kk, v in pairs(opts or {}) do o[kk] = v end
     o.raise = nil
-    local r, inf = score(p.scorer, samples, o)
+    local r, inf = S.score(p.scorer, samples, o)
     per[k] = { r = r, info = inf }
-    for _, f in ipairs { "requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens" } do
-      summary[f] = summary[f] + ((inf.summary or {})[f] or 0)
-    end
+    S.add_summary(summary, inf.summary)
   end
   local rewards, info = {}, {}
   for i = 1, #samples do

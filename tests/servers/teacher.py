@@ -13,7 +13,11 @@ generator:
                as an HTTP-date), 500, 503, truncated (a body shorter than its
                Content-Length), ctype (200 with text/html), hang (no answer for
                hang_s seconds), reset (a partial status line then a TCP reset),
-               unparsable (a judge answer without a score)
+               unparsable (a judge answer without a score), max_tokens (an answer
+               cut off at the token limit: OpenAI finish_reason "length", Anthropic
+               stop_reason "max_tokens"; a judge answer then breaks off after naming
+               scores in passing, other answers lose their second half; not in the
+               default list)
   fail_first   the first N requests are faulted for sure, cycling through faults
   echo         (a fault kind) 400 whose body echoes the request headers, so a test
                can check that the client scrubs its key from error texts
@@ -55,6 +59,12 @@ DEFAULTS = {
     "api_key": None,
 }
 
+# Faults that are answers (status 200, well-formed), not transport failures.
+ANSWER_FAULTS = ("unparsable", "max_tokens")
+CUT_JUDGE = ("The response addresses the prompt. On this scale a [[2]] would mean mostly "
+             "wrong, while a [[9]] would mean")
+CUT_PAIR = "Both have merit: [[A]] would mean the first is better, while [[B]] would mean"
+
 RESP_RE = re.compile(r"\[The Start of the Response\]\n(.*?)\n\[The End of the Response\]", re.S)
 PAIR_RE = re.compile(r"\[The Start of Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A's Answer\]"
                      r".*?\[The Start of Assistant B's Answer\]\n(.*?)\n\[The End of Assistant B's Answer\]", re.S)
@@ -87,6 +97,16 @@ def judge_answer(rule: str, prompt: str, unparsable: bool) -> str | None:
     else:
         score = 5
     return f"The response addresses the prompt; reasoning about quality.\n\nRating: [[{score}]]"
+
+
+def cut_off(answer: str, prompt: str) -> str:
+    """What a reply stopped at the token limit shows: a judge's reasoning broken off
+    after it named scores in passing; any other answer, its first half."""
+    if PAIR_RE.search(prompt):
+        return CUT_PAIR
+    if RESP_RE.search(prompt):
+        return CUT_JUDGE
+    return answer[:len(answer) // 2]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -154,11 +174,13 @@ class Handler(BaseHTTPRequestHandler):
             self._send(400, b'{"error":{"message":"bad json"}}')
             return
         self.server.count("body_n", req.get("n", 1))
-        if fault and fault != "unparsable":
+        if fault and fault not in ANSWER_FAULTS:
             self.server.count("fault_" + fault)
             return self._fault(fault, cfg)
         self.server.count("ok_http")
-        self._answer(path, req, cfg, fault == "unparsable")
+        if fault == "max_tokens":
+            self.server.count("fault_max_tokens")
+        self._answer(path, req, cfg, fault == "unparsable", fault == "max_tokens")
 
     def _fault(self, fault: str, cfg):
         if fault == "429":
@@ -198,7 +220,7 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _answer(self, path: str, req: dict, cfg: dict, unparsable: bool):
+    def _answer(self, path: str, req: dict, cfg: dict, unparsable: bool, cut: bool = False):
         if path.endswith("/messages"):
             text = " ".join(m["content"] if isinstance(m["content"], str) else
                             " ".join(b.get("text", "") for b in m["content"])
@@ -206,8 +228,11 @@ class Handler(BaseHTTPRequestHandler):
             ans = judge_answer(cfg["rule"], text, unparsable)
             if ans is None:
                 ans = "echo: " + text[-200:]
+            if cut:
+                ans = cut_off(ans, text)
             body = {"id": "msg_test", "type": "message", "role": "assistant", "model": req.get("model"),
-                    "content": [{"type": "text", "text": ans}], "stop_reason": "end_turn",
+                    "content": [{"type": "text", "text": ans}],
+                    "stop_reason": "max_tokens" if cut else "end_turn",
                     "usage": {"input_tokens": len(text) // 4 + 1, "output_tokens": len(ans) // 4 + 1}}
             self._send(200, json.dumps(body).encode())
             return
@@ -220,13 +245,16 @@ class Handler(BaseHTTPRequestHandler):
         n = 1 if cfg["ignore_n"] else int(req.get("n", 1) or 1)
         ans = judge_answer(cfg["rule"], text, unparsable)
         choices = []
+        finish = "length" if cut else "stop"
         for i in range(n):
             t = ans if ans is not None else f"echo {i}: {text[-200:]}"
+            if cut:
+                t = cut_off(t, text)
             if chat:
                 choices.append({"index": i, "message": {"role": "assistant", "content": t},
-                                "finish_reason": "stop"})
+                                "finish_reason": finish})
             else:
-                choices.append({"index": i, "text": t, "finish_reason": "stop"})
+                choices.append({"index": i, "text": t, "finish_reason": finish})
         body = {"id": "cmpl-test", "object": "chat.completion" if chat else "text_completion",
                 "model": req.get("model"), "choices": choices,
                 "usage": {"prompt_tokens": len(text) // 4 + 1,
