@@ -445,7 +445,8 @@ class TorchModel:
                 "dtype": self.opts["dtype"], "version": self.version, "steps": self.steps,
                 "path": self.opts["path"], "arch": self.net.arch_name(), "vocab": self.net.vocab,
                 "context": self.net.context, "reference": self.ref is not None,
-                "backend": "torch", "threads": torch.get_num_threads()}
+                "backend": "torch", "threads": torch.get_num_threads(),
+                "chat": self.chat.on, "system": self.chat.system}
 
     def generate(self, o: dict) -> dict:
         tok = self.tok

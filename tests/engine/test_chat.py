@@ -91,7 +91,9 @@ MSGS = [{"role": "system", "content": "you are a helpful assistant"},
 @pytest.mark.parametrize("style", ["chatml", "llama3"])
 def test_prompt_ids_equal_apply_chat_template(models, style):
     path, fast = models[style]
-    h = call(op="load", path=str(path), threads=THREADS)["model"]
+    rep = call(op="load", path=str(path), threads=THREADS)
+    h = rep["model"]
+    assert rep["info"]["chat"] is True and rep["info"]["system"] is None
     prompts = [MSGS, "what is two plus two", [{"role": "user", "content": "hello"}]]
     rep = call(op="generate", model=h, prompts=prompts, max_tokens=2, seed=0)
     want = [template_ids(fast, MSGS), template_ids(fast, [{"role": "user",
@@ -265,7 +267,9 @@ def test_chat_options_are_checked(models, tmp_path):
     make_model("qwen2", "chatml", notpl, template=False)
     rep = call_raw(id=3, op="load", path=str(notpl), chat=True)
     assert rep["error"]["kind"] == "config" and "no chat template" in rep["error"]["message"]
-    h = call(op="load", path=str(notpl), threads=THREADS)["model"]  # chat defaults to off
+    rep = call(op="load", path=str(notpl), threads=THREADS)
+    h = rep["model"]
+    assert rep["info"]["chat"] is False  # no template: chat defaults to off
     g = call(op="generate", model=h, prompts=[[{"role": "user", "content": "hello"}]],
              max_tokens=1, seed=0)
     assert g["prompts"] == ["hello"]
