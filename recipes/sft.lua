@@ -86,6 +86,12 @@ if cfg.init then
   from:sync(policy)
 end
 
+-- Without a chat template (builtin: models) a conversation must be one exchange: name
+-- the row that is not now, before the run directory is written.
+if data.conversational and not policy:info().chat then
+  data:check_single_turn(("model %s has none"):format(cfg.model))
+end
+
 -- Greedy held-out reward and exact-match rate (logged as eval_reward, eval_exact):
 -- the same measure recipes/rlaif.lua logs, so the two runs' curves line up.
 local eval_rows = heldout and rl.slice(heldout:all(), 1, math.min(cfg.eval_prompts, #heldout))

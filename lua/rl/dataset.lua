@@ -28,6 +28,8 @@
 -- ds:next(k) -> up to k rows (copies), crossing into the next epoch as needed;
 -- nil once `epochs` are used up. ds:state() / ds:set_state(s) save and restore the
 -- cursor; ds:shard(rank, world) keeps rows rank+1, rank+1+world, ... (rank from 0).
+-- ds:where(i) names row i ("file:line"); ds:check_single_turn(why) refuses, naming
+-- the row, a conversation a model without a chat template cannot train on.
 -- model:backward{loss="sft"} takes prompt-completion and messages rows as they are.
 local core = require "rl.core"
 local json = require "rl.json"
@@ -271,12 +273,11 @@ local function read_rows(path, opts)
   local text, rerr = f:read("a")
   f:close()
   if not text then config_error("cannot read dataset %s: %s", path, rerr or "read error") end
-  local rows, seen = {}, {}
+  local rows, seen, lines = {}, {}, {}
   if text:match("^%s*%[") then
     local arr = decode(text, path)
-    local lines
+    lines = array_lines(text)
     for i, row in ipairs(arr) do
-      lines = lines or array_lines(text)
       check_row(row, ("%s:%s"):format(path, lines[i] or ("row " .. i)), opts, seen)
       rows[i] = row
     end
@@ -289,11 +290,12 @@ local function read_rows(path, opts)
         local row = decode(line, where)
         check_row(row, where, opts, seen)
         rows[#rows + 1] = row
+        lines[#rows] = lineno
       end
     end
   end
   if #rows == 0 then config_error("%s: no rows (an empty dataset)", path) end
-  return rows, text, seen
+  return rows, text, seen, lines
 end
 
 local function read_opts(opts)
@@ -311,9 +313,10 @@ local function read_opts(opts)
   return {accept = accept, accepted = table.concat(names, " or "), require = opts.require or {}}
 end
 
-local function new(rows, opts, name, fingerprint, seen)
+local function new(rows, opts, name, fingerprint, seen, lines)
   local self = setmetatable({}, Dataset)
   self.rows = rows
+  self.lines = lines  -- row -> line in the file, for errors (nil: rows given in Lua)
   self.name = name
   self.format, self.conversational = seen.format, seen.kind == "messages"
   self.shuffle = opts.shuffle and true or false
@@ -333,8 +336,8 @@ function M.dataset(src, opts)
   opts = opts or {}
   local ro = read_opts(opts)
   if type(src) == "string" then
-    local rows, text, seen = read_rows(src, ro)
-    return new(rows, opts, src, require("rl.fs").sha256_string(text), seen)
+    local rows, text, seen, lines = read_rows(src, ro)
+    return new(rows, opts, src, require("rl.fs").sha256_string(text), seen, lines)
   elseif type(src) == "table" then
     local rows, seen = {}, {}
     for i, row in ipairs(src) do
@@ -429,14 +432,43 @@ function Dataset:shard(rank, world)
                      message = ("ds:shard: need 0 <= rank < world, got rank=%s world=%s")
                        :format(tostring(rank), tostring(world))}, 2)
   end
-  local rows = {}
-  for i = rank + 1, #self.rows, world do rows[#rows + 1] = self.rows[i] end
+  local rows, lines = {}, self.lines and {}
+  for i = rank + 1, #self.rows, world do
+    rows[#rows + 1] = self.rows[i]
+    if lines then lines[#rows] = self.lines[i] end
+  end
   if #rows == 0 then
     config_error("dataset %s: shard %d of %d is empty", tostring(self.name), rank, world)
   end
   local fp = self.fingerprint and (self.fingerprint .. ("/%d/%d"):format(rank, world))
   return new(rows, self._opts, ("%s[%d/%d]"):format(tostring(self.name), rank, world), fp,
-             {format = self.format, kind = self.conversational and "messages" or "string"})
+             {format = self.format, kind = self.conversational and "messages" or "string"},
+             lines)
+end
+
+-- Where row i came from: "file:line", or "rows: row i".
+function Dataset:where(i)
+  local line = self.lines and self.lines[i]
+  if line then return ("%s:%d"):format(tostring(self.name), line) end
+  return ("%s: row %d"):format(tostring(self.name), i)
+end
+
+-- A config error naming the first `messages` row that is not one exchange (prompt
+-- messages, then one assistant message): all a model without a chat template trains
+-- on. `why` says which model (call it before a run writes anything).
+function Dataset:check_single_turn(why)
+  for i, r in ipairs(self.rows) do
+    local m = r.messages
+    if type(m) == "table" then
+      local ok = #m >= 2 and m[#m].role == "assistant"
+      for j = 1, #m - 1 do ok = ok and m[j].role ~= "assistant" end
+      if not ok then
+        config_error("%s: field 'messages': a conversation other than prompt messages then "
+                     .. "one assistant message needs a chat template, and %s", self:where(i),
+                     why)
+      end
+    end
+  end
 end
 
 -- The prompt strings of a list of rows.

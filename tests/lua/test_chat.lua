@@ -75,6 +75,24 @@ t.test("recipes/sft.lua: strings, prompt-completion messages, conversations and 
   t.eq(losses["a.json"], losses["s.jsonl"])
 end)
 
+t.test("recipes/sft.lua refuses a multi-turn conversation for a model without a template "
+       .. "before writing the run directory", function()
+  local conv = {messages = {user "a", assistant "b", user "c", assistant "d"}}
+  t.write(dir .. "/multi.jsonl", rl.json.encode{messages = {user "x", assistant "y"}} .. "\n\n"
+          .. rl.json.encode(conv) .. "\n")
+  local run = dir .. "/run-multi"
+  local status, _, err = t.rlhost{rl.home .. "/recipes/sft.lua", "data=" .. dir .. "/multi.jsonl",
+                                  "steps=1", "dir=" .. run, "eval_every=0", "threads=1"}
+  t.eq(status, 2)
+  t.match(err, "multi%.jsonl:3: field 'messages': a conversation other than prompt messages "
+               .. "then one assistant message needs a chat template, and model builtin:tiny")
+  t.eq(rl.fs.stat(run), nil, "no run directory")
+  -- the same check on in-memory rows names the row
+  local ds = rl.dataset({{messages = {user "x", assistant "y"}}, conv})
+  t.raises(function() ds:check_single_turn("why") end, "rows: row 2: field 'messages'")
+  rl.dataset({{messages = {user "x", assistant "y"}}}):check_single_turn("why")
+end)
+
 local made = os.execute(("cd %s && PYTHONPATH=scripts:tests/engine HF_HUB_OFFLINE=1 "
   .. ".venv/bin/python -c %s %s >/dev/null 2>&1"):format(t.shquote(rl.home),
   t.shquote("import sys, pathlib; from test_chat import make_model; "
