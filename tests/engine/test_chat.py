@@ -306,5 +306,10 @@ def test_smollm2_chat_prompt_and_answer():
     assert s["prompt_ids"] == template_ids(fast, q)
     assert s["ids"][-1] == fast.convert_tokens_to_ids("<|im_end|>") and s["finish"] == "stop"
     assert "4" in s["text"]
+    # The question as a string is the same user message.
+    g = call(op="generate", model=h, prompts=["What is 2+2?"], max_tokens=1, temperature=0)
+    assert g["samples"][0][0]["prompt_ids"] == s["prompt_ids"]
+    assert g["prompts"][0].endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+                                    "<|im_start|>assistant\n")
     call(op="close", model=h)
 
