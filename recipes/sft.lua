@@ -85,8 +85,9 @@ local from <close> = rl.recipe.restore_into(cfg, start, policy)
 
 -- Without a chat template (builtin: models) a conversation must be one exchange: name
 -- the row that is not now, before the run directory is written.
-if data.conversational and not policy:info().chat then
-  data:check_single_turn(("model %s has none"):format(cfg.model))
+local info = policy:info()
+if data.conversational and not info.chat then
+  data:check_single_turn(("model %s has none"):format(info.path))
 end
 
 -- Greedy held-out reward and exact-match rate (logged as eval_reward, eval_exact):
