@@ -93,7 +93,9 @@ static const Opt load_opts[] = {
     {"reference", 'B'}, {"lr", 'N'},          {"weight_decay", 'N'}, {"betas", 'P'},
     {"precision", 'S'}, {"gradient_checkpointing", 'B'}, /* torch_precision.py */
     {"eps", 'N'},      {"schedule", 'S'},     {"warmup", 'I'},     {"total_steps", 'I'},
-    {"min_lr_ratio", 'N'}, {"lora", 'T'},  {NULL, 0},
+    {"min_lr_ratio", 'N'}, {"lora", 'T'},
+    {"chat", 'B'},     {"system", 'S'}, /* chat template (scripts/rlengine/chat.py) */
+    {NULL, 0},
 };
 
 static size_t edit_distance(const char *a, const char *b)

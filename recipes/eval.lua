@@ -54,7 +54,8 @@ local task = require("tasks." .. cfg.task)
 local max_tokens = cfg.max_tokens > 0 and cfg.max_tokens or task.max_tokens
 
 -- Inputs first: a bad data file, a missing checkpoint or rubric stops here (exit 2).
-local data = rl.dataset(find(cfg.data or task.heldout))
+local data = rl.dataset(find(cfg.data or task.heldout),
+                        {formats = {"prompt", "prompt-completion", "preference"}})
 local models = {}
 local function check(path)  -- a missing or incomplete checkpoint is refused here
   if not rl.recipe.is_model_dir(path) then rl.checkpoint.find(path) end

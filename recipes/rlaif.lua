@@ -93,8 +93,11 @@ local max_tokens = cfg.max_tokens > 0 and cfg.max_tokens or task.max_tokens
 
 -- Cheap checks first (data files, rubric, teacher settings): bad input stops the
 -- run with exit status 2 before a model loads or the run directory is touched.
-local data = rl.dataset(find(cfg.data or task.train), {shuffle = true, seed = cfg.seed})
-local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout)) or nil
+local prompt_rows = {"prompt", "prompt-completion", "preference"}  -- rows with a prompt
+local data = rl.dataset(find(cfg.data or task.train), {shuffle = true, seed = cfg.seed,
+                                                       formats = prompt_rows})
+local heldout = cfg.eval_every > 0
+  and rl.dataset(find(cfg.eval_data or task.heldout), {formats = prompt_rows}) or nil
 
 -- The teacher, when one is configured: it grades samples with the rubric (the
 -- judge) and stands in for a failing local generator.

@@ -5,7 +5,11 @@
 --   build/rlhost recipes/sft.lua steps=300 dir=runs/sft-long data=my.jsonl
 --   build/rlhost recipes/sft.lua model=smollm2-135m-instruct lora_r=16 data=my.jsonl
 --
--- Data: JSON Lines with "prompt" and "completion" (other fields are ignored here).
+-- Data: JSON Lines or a JSON array of "prompt" and "completion" rows (strings, or chat
+-- messages: trained on the completion) or "messages" rows (conversations: trained on
+-- every assistant message); other fields are ignored here. With a model whose
+-- tokenizer has a chat template, prompts are rendered with it (README, "Datasets and
+-- chat templates").
 -- The run directory holds config.json, metrics.jsonl (loss per step), checkpoints
 -- ckpt-<step>/, metrics.png and, at the end, model/: the trained model (for a Hugging
 -- Face model a directory transformers loads, any LoRA adapter merged in).
@@ -53,12 +57,13 @@ local task = require("tasks." .. cfg.task)
 
 -- Check what is cheap to check before loading anything: a bad data file stops the
 -- run here (file and line named, exit status 2) and the run directory stays as it was.
-local opts = {shuffle = true, seed = cfg.seed, require = {"prompt", "completion"}}
+local opts = {shuffle = true, seed = cfg.seed, formats = {"prompt-completion", "messages"}}
 local data = rl.dataset(find(cfg.data or task.train), opts)
 if cfg.examples > 0 and cfg.examples < #data then
   data = rl.dataset(rl.slice(data:all(), 1, cfg.examples), opts)
 end
-local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout)) or nil
+local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout),
+  {formats = {"prompt", "prompt-completion", "preference"}}) or nil
 
 -- The run directory: refused here if it holds another config's run (more steps, or
 -- the directory moved, are fine: resuming extends the run).
@@ -78,6 +83,13 @@ local policy <close> = rl.model(rl.recipe.model_options(cfg, {
 -- A builtin checkpoint: weights only (a fresh optimizer), copied from a second handle.
 local from <close> = rl.recipe.restore_into(cfg, start, policy)
 
+-- Without a chat template (builtin: models) a conversation must be one exchange: name
+-- the row that is not now, before the run directory is written.
+local info = policy:info()
+if data.conversational and not info.chat then
+  data:check_single_turn(("model %s has none"):format(info.path))
+end
+
 -- Greedy held-out reward and exact-match rate (logged as eval_reward, eval_exact):
 -- the same measure recipes/rlaif.lua logs, so the two runs' curves line up.
 local eval_rows = heldout and rl.slice(heldout:all(), 1, math.min(cfg.eval_prompts, #heldout))
@@ -94,9 +106,8 @@ run:model(policy)
 run:dataset(data)
 
 for step in run:steps(cfg.steps) do
-  local rows = data:next(cfg.batch)
-  local examples = {}
-  for i, r in ipairs(rows) do examples[i] = {prompt = r.prompt, text = r.completion} end
+  -- model:backward trains on a row's completion, or a conversation's assistant turns.
+  local examples = data:next(cfg.batch)
   -- Every example weighs the same ("seq-mean" over the whole batch), so summing the
   -- micro-batches' gradients gives exactly the full batch's gradient.
   local stop = run:phase("train")

@@ -55,6 +55,8 @@ end
 -- end there); the log-probs recorded at generation only where the loss uses them
 -- (ppo), since encoding every token's float is most of a request's cost. Everything
 -- else a sample carries (source, group, a dataset's extra fields) stays in Lua.
+-- Dataset rows go as they are: a prompt's messages stand for its text, a row's
+-- completion for text, and a `messages` row is a conversation (rlengine/chat.py).
 local function engine_samples(samples, with_logprobs)
   if type(samples) ~= "table" then return samples end -- the engine names the error
   local out = {}
@@ -65,8 +67,13 @@ local function engine_samples(samples, with_logprobs)
       out[i] = s
     elseif s.ids ~= nil or s.prompt_ids ~= nil then
       out[i] = { prompt_ids = s.prompt_ids, ids = s.ids, logprobs = lp }
+    elseif s.text == nil and s.completion == nil and s.messages ~= nil then
+      out[i] = { messages = s.messages, logprobs = lp }
     else
-      out[i] = { prompt = s.prompt, text = s.text, finish = s.finish, logprobs = lp }
+      local text = s.text
+      if text == nil then text = s.completion end
+      out[i] = { prompt = s.messages or s.prompt, text = text, finish = s.finish,
+                 logprobs = lp }
     end
   end
   return out
@@ -85,18 +92,22 @@ local function dense(adv, n)
 end
 
 --- model:generate(prompts, opts) -> samples
--- prompts: a list of strings. Returns a flat, prompt-major list of n samples per
--- prompt: samples[(i-1)*n + j] = {prompt=, text=, prompt_ids=, ids=, logprobs=,
--- finish=, version=, source="model", group=i}. rl.generate adds the rest.
+-- prompts: a list of strings or message lists. Returns a flat, prompt-major list of
+-- n samples per prompt: samples[(i-1)*n + j] = {prompt= (as rendered), messages=,
+-- text=, prompt_ids=, ids=, logprobs=, finish=, version=, source="model", group=i}.
+-- rl.generate adds the rest.
 function methods:generate(prompts, opts)
   local req = copy(opts)
   req.prompts = prompts
   local r = self:_call("generate", req)
   local out, k = {}, 0
   for i, group in ipairs(r.samples) do
-    local p = prompts[i]
+    -- The engine says how it rendered each prompt (an engine that does not: as given).
+    local p = r.prompts and r.prompts[i] or prompts[i]
+    local msgs = r.messages and r.messages[i]
+    if msgs == null then msgs = nil end
     for _, s in ipairs(group) do
-      s.prompt, s.source, s.group = p, "model", i
+      s.prompt, s.messages, s.source, s.group = p, msgs, "model", i
       k = k + 1
       out[k] = s
     end

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .chat import Chat, Sequence, find_end_of_turn
 from .errors import ConfigError, EngineIOError, NonFiniteError, StateError
 from .cores import available_cores
 from .torch_precision import (Checkpointing, adamw_kernel, entropy_sum, keeps_position_mask,
@@ -157,10 +158,23 @@ class BuiltinNet:
 
 
 class HFTokenizer:
+    """A HF tokenizer as the engine uses it; with a chat template, `eot_id` is the token
+    that ends an assistant turn (also a stop token for generation, see rlengine.chat)."""
+
     def __init__(self, tok: Any, eos: list[int]) -> None:
         self.tok = tok
+        self.template = bool(getattr(tok, "chat_template", None))
+        self.eot_id = find_end_of_turn(tok) if self.template else None
+        if self.eot_id is not None and self.eot_id not in eos:
+            eos = eos + [self.eot_id]
         self.eos_ids = eos
         self.eos_id = eos[0] if eos else None
+
+    def render(self, messages: list[dict], generation: bool, tokenize: bool) -> Any:
+        """The chat template applied to `messages`: text, or ids exactly as
+        apply_chat_template(tokenize=True) gives them (no second BOS)."""
+        return self.tok.apply_chat_template(messages, add_generation_prompt=generation,
+                                            tokenize=tokenize, return_dict=False)
 
     def encode_prompt(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=True)["input_ids"])
@@ -335,6 +349,7 @@ class TorchModel:
             self.net = HFNet(path, self.dtype, self.device)
         self.module = self.net.module
         self.tok = self.net.tok
+        self.chat = Chat(self.tok, o["chat"], o["system"])
         self.module.requires_grad_(True)
         self.ref = None
         self.lora = self._apply_lora(o)
@@ -406,48 +421,52 @@ class TorchModel:
         # Softmax in at least float32: half-precision log-probs are too coarse for ratios.
         return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
-    def _tokenize(self, samples: list[dict], op: str,
-                  recorded: bool = False) -> list[tuple[list[int], list[int]]]:
-        """(prompt ids, completion ids) per sample; `recorded`: check the recorded
-        log-probs line up with the completion (ppo uses them; others ignore them)."""
+    def _tokenize(self, samples: list[dict], op: str, o: dict,
+                  recorded: bool = False) -> list[Sequence]:
+        """Prompt and completion ids per sample (see rlengine.chat for text and message
+        samples); `recorded`: check the recorded log-probs line up with the trained
+        tokens (ppo uses them; others ignore them)."""
+        on, system = self.chat.settings(op, o)
         out = []
         for i, s in enumerate(samples):
+            where = f"{op}: 'samples[{i + 1}]'"
             if "ids" in s:
-                p, c = s["prompt_ids"], s["ids"]
+                seq = Sequence(s["prompt_ids"], s["ids"])
             else:
-                p = self.tok.encode_prompt(s["prompt"])
-                c = self.tok.encode_text(s["text"])
-                # Text from elsewhere ended naturally unless it says it was cut.
-                if s.get("finish") != "length" and self.tok.eos_id is not None:
-                    c = c + [self.tok.eos_id]
+                seq = self.chat.sequence(s, on, system, op, f"samples[{i + 1}]")
+            p, c = seq.prompt, seq.completion
             if not p:
-                raise ConfigError(f"{op}: 'samples[{i + 1}]' has no prompt tokens (the "
-                                  f"first completion token needs a context)")
+                raise ConfigError(f"{where} has no prompt tokens (the first completion token "
+                                  f"needs a context)")
             top = max(p + c)
             if top >= self.net.vocab:
-                raise ConfigError(f"{op}: 'samples[{i + 1}]' has token id {top}, outside the "
-                                  f"vocabulary of {self.net.vocab}")
+                raise ConfigError(f"{where} has token id {top}, outside the vocabulary of "
+                                  f"{self.net.vocab}")
             if len(p) + len(c) > self.net.context:
-                raise ConfigError(f"{op}: 'samples[{i + 1}]' has {len(p) + len(c)} tokens, "
-                                  f"more than the model's context of {self.net.context}")
-            if recorded and len(s["logprobs"]) != len(c):
+                raise ConfigError(f"{where} has {len(p) + len(c)} tokens, more than the "
+                                  f"model's context of {self.net.context}")
+            if recorded and len(s["logprobs"]) != seq.targets():
                 raise ConfigError(f"{op}: 'samples[{i + 1}].logprobs' has {len(s['logprobs'])} "
-                                  f"entries for {len(c)} completion tokens")
-            out.append((p, c))
+                                  f"entries for {seq.targets()} completion tokens")
+            out.append(seq)
         return out
 
-    def _batch(self, seqs: list[tuple[list[int], list[int]]]):
-        """Right-padded ids and the mask selecting completion-token predictions."""
-        L = max(len(p) + len(c) for p, c in seqs)
+    def _batch(self, seqs: list[Sequence]):
+        """Right-padded ids and the mask selecting the trained tokens' predictions."""
+        L = max(len(s.prompt) + len(s.completion) for s in seqs)
         b = len(seqs)
         ids = torch.full((b, L), self.net.pad_id, dtype=torch.long)
         valid = torch.zeros((b, L), dtype=torch.bool)
         sel = torch.zeros((b, L - 1), dtype=torch.bool)
-        for i, (p, c) in enumerate(seqs):
+        for i, s in enumerate(seqs):
+            p, c = s.prompt, s.completion
             n = len(p) + len(c)
             ids[i, :n] = torch.tensor(p + c, dtype=torch.long)
             valid[i, :n] = True
-            sel[i, len(p) - 1:len(p) - 1 + len(c)] = True
+            if s.train is None:
+                sel[i, len(p) - 1:len(p) - 1 + len(c)] = True
+            else:
+                sel[i, len(p) - 1:len(p) - 1 + len(c)] = torch.tensor(s.train, dtype=torch.bool)
         return ids.to(self.device), valid.to(self.device), sel.to(self.device)
 
     def _completion_logits(self, module: Any, ids: torch.Tensor, valid: torch.Tensor,
@@ -479,13 +498,17 @@ class TorchModel:
                 "cores": available_cores(), "precision": self.prec.name,
                 "gradient_checkpointing": self.ckpt is not None,
                 "context": self.net.context, "reference": self.ref is not None,
-                "backend": "torch", "threads": torch.get_num_threads()}
+                "backend": "torch", "threads": torch.get_num_threads(),
+                "chat": self.chat.on, "system": self.chat.system}
 
     def generate(self, o: dict) -> dict:
         tok = self.tok
-        enc = []
+        on, system = self.chat.settings("generate", o)
+        enc, rendered = [], []
         for i, prompt in enumerate(o["prompts"]):
-            p = tok.encode_prompt(prompt)
+            r = self.chat.prompt(prompt, on, system, "generate", f"prompts[{i + 1}]")
+            rendered.append(r)
+            p = r.ids
             if not p:
                 raise ConfigError(f"generate: 'prompts[{i + 1}]' encodes to no tokens")
             if len(p) + o["max_tokens"] > self.net.context:
@@ -542,7 +565,8 @@ class TorchModel:
             samples.append({"text": text, "prompt_ids": rows[i], "ids": out_ids[i],
                             "logprobs": out_lp[i], "finish": finish[i],
                             "version": self.version})
-        return {"samples": [samples[j * n:(j + 1) * n] for j in range(len(enc))]}
+        return {"samples": [samples[j * n:(j + 1) * n] for j in range(len(enc))],
+                "prompts": [r.text for r in rendered], "messages": [r.messages for r in rendered]}
 
     def _hit_stop(self, ids: list[int], stops: list[str]) -> bool:
         text = self.tok.decode(ids)
@@ -585,9 +609,9 @@ class TorchModel:
         if o["reference"] and self.ref is None:
             raise StateError("logprobs: 'reference' needs a reference model "
                              "(load with reference=true)")
-        seqs = self._tokenize(o["samples"], "logprobs")
+        seqs = self._tokenize(o["samples"], "logprobs", o)
         ids, valid, sel = self._batch(seqs)
-        counts = [len(c) for _, c in seqs]
+        counts = [s.targets() for s in seqs]
         targets = ids[:, 1:][sel]
         result: dict[str, Any] = {}
         with torch.inference_mode():
@@ -605,18 +629,19 @@ class TorchModel:
         if o["kl"] > 0 and self.ref is None:
             raise StateError("backward: 'kl' > 0 needs a reference model "
                              "(load with reference=true)")
-        seqs = self._tokenize(o["samples"], "backward", recorded=o["loss"] == "ppo")
+        seqs = self._tokenize(o["samples"], "backward", o, recorded=o["loss"] == "ppo")
         adv = o["advantages"]
         # A sample contributes when it has an advantage (or the loss needs none) and at
         # least one completion token; the others are dropped before the forward pass.
-        keep = [i for i, (_, c) in enumerate(seqs) if c and (adv is None or adv[i] is not None)]
+        keep = [i for i, s in enumerate(seqs)
+                if s.targets() and (adv is None or adv[i] is not None)]
         stats = {"loss": 0.0, "kl": None, "entropy": None, "tokens": 0,
                  "samples": len(keep), "clip_frac": 0.0}
         if not keep:
             self.acc["calls"] += 1
             return stats
         seqs_k = [seqs[i] for i in keep]
-        counts = [len(c) for _, c in seqs_k]
+        counts = [s.targets() for s in seqs_k]
         ntok = sum(counts)
         for name, own in (("total_tokens", ntok), ("total_samples", len(keep))):
             if o[name] is not None and o[name] < own:

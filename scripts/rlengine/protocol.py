@@ -103,15 +103,39 @@ def choice(*options: str) -> Callable:
     return check
 
 
-def prompts(op: str, name: str, v: Any) -> list[str]:
+def messages(op: str, where: str, v: Any) -> list[dict]:
+    """A list of chat messages: objects with string "role" and "content" (other keys,
+    e.g. "name", go to the chat template as they are)."""
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"{op}: '{where}' must be a non-empty list of messages, got {_desc(v)}")
+    for j, m in enumerate(v):
+        at = f"{where}[{j + 1}]"
+        if not isinstance(m, dict):
+            raise ConfigError(f"{op}: '{at}' must be a message object {{role=, content=}}, "
+                              f"got {_desc(m)}")
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                raise ConfigError(f"{op}: '{at}.{key}' must be a string, got {_desc(m.get(key))}")
+        if not m["role"]:
+            raise ConfigError(f"{op}: '{at}.role' must not be empty")
+    return v
+
+
+def _text_or_messages(op: str, where: str, v: Any) -> str | list[dict]:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):
+        return messages(op, where, v)
+    raise ConfigError(f"{op}: '{where}' must be a string or a list of messages, got {_desc(v)}")
+
+
+def prompts(op: str, name: str, v: Any) -> list[str | list[dict]]:
     if not isinstance(v, list):
-        raise ConfigError(f"{op}: '{name}' must be a list of strings, got {_desc(v)}")
+        raise ConfigError(f"{op}: '{name}' must be a list of prompts (strings or message "
+                          f"lists), got {_desc(v)}")
     if not v:
         raise ConfigError(f"{op}: '{name}' must not be empty")
-    for i, p in enumerate(v):
-        if not isinstance(p, str):
-            raise ConfigError(f"{op}: '{name}[{i + 1}]' must be a string, got {_desc(p)}")
-    return v
+    return [_text_or_messages(op, f"{name}[{i + 1}]", p) for i, p in enumerate(v)]
 
 
 def stop_list(op: str, name: str, v: Any) -> list[str]:
@@ -159,7 +183,8 @@ def _int_list(op: str, where: str, v: Any) -> list[int]:
 
 
 def samples(op: str, name: str, v: Any) -> list[dict]:
-    """Samples as produced by generate (prompt_ids/ids) or by others (prompt/text).
+    """Samples as produced by generate (prompt_ids/ids), by others (prompt/text: strings
+    or message lists) or conversations (messages; see rlengine.chat).
 
     Fields other than the ones read here ride along from Lua (source, version, extra
     prompt fields) and are ignored on purpose: a sample is data, not options.
@@ -180,12 +205,17 @@ def samples(op: str, name: str, v: Any) -> list[dict]:
                 raise ConfigError(f"{op}: '{where}' needs both 'prompt_ids' and 'ids'")
             norm["prompt_ids"] = _int_list(op, f"{where}.prompt_ids", s["prompt_ids"])
             norm["ids"] = _int_list(op, f"{where}.ids", s["ids"])
+        elif s.get("messages") is not None:
+            if s.get("prompt") is not None or s.get("text") is not None:
+                raise ConfigError(f"{op}: '{where}' has 'messages' and 'prompt'/'text': give "
+                                  f"a conversation or a prompt and its text, not both")
+            norm["messages"] = messages(op, f"{where}.messages", s["messages"])
         else:
-            if not isinstance(s.get("prompt"), str) or not isinstance(s.get("text"), str):
-                raise ConfigError(f"{op}: '{where}' needs 'prompt_ids' and 'ids', "
-                                  f"or 'prompt' and 'text' strings")
-            norm["prompt"] = s["prompt"]
-            norm["text"] = s["text"]
+            if s.get("prompt") is None or s.get("text") is None:
+                raise ConfigError(f"{op}: '{where}' needs 'prompt_ids' and 'ids', 'prompt' "
+                                  f"and 'text', or 'messages'")
+            norm["prompt"] = _text_or_messages(op, f"{where}.prompt", s["prompt"])
+            norm["text"] = _text_or_messages(op, f"{where}.text", s["text"])
             # "length": cut at max_tokens, so no EOS is appended (any other value, or
             # none, means the text ended there).
             fin = s.get("finish")
@@ -284,11 +314,21 @@ LOAD = {
     "total_steps": Field(integer(1), None),
     "min_lr_ratio": Field(number(0.0, 1.0), 0.0),
     "lora": Field(lora, None),
+    # Chat template (rlengine.chat): chat defaults to whether the tokenizer has one.
+    "chat": Field(boolean, None),
+    "system": Field(string(), None),
+}
+
+# Per-call overrides of the load's chat settings.
+CHAT_OPTS = {
+    "chat": Field(boolean, None),
+    "system": Field(string(), None),
 }
 
 SAMPLES_OPTS = {
     "samples": Field(samples, required=True),
     "temperature": Field(number(0.0, lo_open=True), 1.0),
+    **CHAT_OPTS,
 }
 
 OPS: dict[str, dict[str, Field]] = {
@@ -304,6 +344,7 @@ OPS: dict[str, dict[str, Field]] = {
         "top_k": Field(integer(0), 0),
         "stop": Field(stop_list, []),
         "seed": Field(integer(0, 2**63 - 1), None),
+        **CHAT_OPTS,
     },
     "logprobs": {
         **SAMPLES_OPTS,

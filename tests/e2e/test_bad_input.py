@@ -277,7 +277,7 @@ CASES: list[Case] = [
          ["bad.jsonl:3: invalid JSON"],
          {"d.lua": DATASET, "bad.jsonl": '{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c", \n'}),
     Case("field of the wrong type", "dataset", ["d.lua", "types.jsonl"], 2,
-         ["types.jsonl:2: field 'prompt' must be a string, got number"],
+         ["types.jsonl:2: field 'prompt' must be a string or a list of messages", "got number"],
          {"d.lua": DATASET, "types.jsonl": '{"prompt": "a"}\n{"prompt": 5}\n'}),
     Case("missing field", "dataset", ["d.lua", "miss.jsonl"], 2,
          ["miss.jsonl:2: missing field 'prompt'"],
@@ -286,8 +286,19 @@ CASES: list[Case] = [
          ["null.jsonl:1: missing field 'prompt'"],
          {"d.lua": DATASET, "null.jsonl": '{"prompt": null}\n'}),
     Case("array instead of object", "dataset", ["d.lua", "arr.jsonl"], 2,
-         ["arr.jsonl:2: expected a JSON object per line"],
+         ["arr.jsonl:2: expected a JSON object per row"],
          {"d.lua": DATASET, "arr.jsonl": '{"prompt": "a"}\n["b"]\n'}),
+    Case("rows of two formats", "dataset", ["d.lua", "mixed.jsonl"], 2,
+         ["mixed.jsonl:2: a 'messages' row, but mixed.jsonl:1 is a 'prompt-completion' row"],
+         {"d.lua": DATASET, "mixed.jsonl": '{"prompt": "a", "completion": "b"}\n'
+          '{"messages": [{"role": "user", "content": "a"}, '
+          '{"role": "assistant", "content": "b"}]}\n'}),
+    Case("message without content in a JSON array", "dataset", ["d.lua", "chat.json"], 2,
+         ["chat.json:4: field 'completion': message 1 (assistant) needs a string 'content'"],
+         {"d.lua": DATASET, "chat.json": '[\n{"prompt": [{"role": "user", "content": "a"}],\n'
+          ' "completion": [{"role": "assistant", "content": "b"}]},\n'
+          '{"prompt": [{"role": "user", "content": "c"}], "completion": [{"role": "assistant"}]}'
+          '\n]\n'}),
     Case("empty dataset", "dataset", ["d.lua", "empty.jsonl"], 2,
          ["empty.jsonl: no rows"], {"d.lua": DATASET, "empty.jsonl": "\n\n"}),
     Case("invalid UTF-8 line", "dataset", ["d.lua", "utf.jsonl"], 2, ["utf.jsonl:2:"],

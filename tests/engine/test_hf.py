@@ -28,12 +28,15 @@ def make_tokenizer(out_dir, texts=TEXTS, vocab_size=320):
     return fast
 
 
-def make_model(kind, out_dir):
+def make_model(kind, out_dir, fast=None):
+    """A tiny random Llama or Qwen2 in out_dir, with `fast` (saved there) or this
+    file's tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-    fast = make_tokenizer(out_dir)
+    fast = fast or make_tokenizer(out_dir)
     common = dict(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                  max_position_embeddings=128, bos_token_id=fast.bos_token_id,
+                  eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
     torch.manual_seed(0)
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))

@@ -200,7 +200,8 @@ def test_gguf_to_hf_converts_a_gguf_exactly_and_refuses_a_wrong_checksum(tmp_pat
             "chat_template.jinja"} <= set(os.listdir(out))
     # The engine loads the directory and computes what transformers computes on the GGUF.
     gg = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf").eval()
-    h = call(op="load", path=str(out), threads=THREADS)["model"]
+    # chat=false: the raw text, so the ids below are the ones the GGUF model is given.
+    h = call(op="load", path=str(out), threads=THREADS, chat=False)["model"]
     sample = {"prompt": "What is 2+2?", "text": " 4"}
     mine = call(op="logprobs", model=h, samples=[sample])["logprobs"][0]
     tok = model_obj_tok(h)
