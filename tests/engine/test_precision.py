@@ -309,7 +309,7 @@ def test_head_runs_on_completion_positions_only(which, llama, tmp_path):
     m.module.lm_head.register_forward_hook(
         lambda mod, inp, out: rows.append(inp[0].reshape(-1, inp[0].shape[-1]).shape[0]))
     lp = call(op="logprobs", model=h, samples=SAMPLES)["logprobs"]
-    seqs = m._tokenize(SAMPLES, "test")
+    seqs = [(s.prompt, s.completion) for s in m._tokenize(SAMPLES, "logprobs", {})]
     assert rows == [sum(len(c) for _, c in seqs)]  # not batch x length
     rows.clear()
     ref = _full_logprobs(m.module, seqs)
