@@ -152,7 +152,7 @@ size_t json_utf8_len(const unsigned char *s, size_t n)
     return 4;
 }
 
-int json_write_string(jbuf *b, const char *s, size_t n, int replace, size_t *bad_at)
+int json_write_string(jbuf *b, const char *s, size_t n, int bad_utf8, size_t *bad_at)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *)s;
@@ -194,7 +194,13 @@ int json_write_string(jbuf *b, const char *s, size_t n, int replace, size_t *bad
             memcpy(o, s + i, k);
             o += k;
             i += k;
-        } else if (replace) {
+        } else if (bad_utf8 == JSON_UTF8_ESCAPE) {
+            memcpy(o, "\\udc", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+            o += 6;
+            i++;
+        } else if (bad_utf8 == JSON_UTF8_REPLACE) {
             memcpy(o, "\xEF\xBF\xBD", 3);
             o += 3;
             i++;
@@ -331,6 +337,12 @@ static size_t utf8_encode(char *o, unsigned cp)
 
 int json_scan_string(const char *s, size_t n, size_t *pos, jbuf *out, const char **why)
 {
+    return json_scan_string_ex(s, n, pos, out, why, 0);
+}
+
+int json_scan_string_ex(const char *s, size_t n, size_t *pos, jbuf *out, const char **why,
+                        int bytes)
+{
     const unsigned char *u = (const unsigned char *)s;
     size_t p = *pos + 1; /* past the opening quote */
     for (;;) {
@@ -404,6 +416,13 @@ int json_scan_string(const char *s, size_t n, size_t *pos, jbuf *out, const char
                 }
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                 used = 12;
+            } else if (bytes && cp >= 0xDC80 && cp <= 0xDCFF) {
+                if (jbuf_putc(out, (char)(cp & 0xFF))) { /* surrogateescape: a raw byte */
+                    *why = "out of memory";
+                    return JSON_ENOMEM;
+                }
+                p += used;
+                continue;
             } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
                 *why = "lone UTF-16 surrogate in \\u escape";
                 *pos = p;

@@ -372,23 +372,23 @@ static int set_nonblock(int fd)
     return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
-/* environ with `set` entries replacing same-named ones; a malloc'd array of borrowed
- * strings. */
-static char **build_env(const char *const *set)
+/* environ with `set` entries, then `own`, replacing same-named ones; a malloc'd array
+ * of borrowed strings. */
+static char **build_env(const char *const *set, const char *own)
 {
     size_t ne = 0, ns = 0;
     while (environ && environ[ne])
         ne++;
     while (set && set[ns])
         ns++;
-    char **env = malloc((ne + ns + 1) * sizeof *env);
+    char **env = malloc((ne + ns + 2) * sizeof *env);
     if (!env)
         return NULL;
     size_t k = 0;
     for (size_t i = 0; i < ne; i++) {
         const char *eq = strchr(environ[i], '=');
         size_t nl = eq ? (size_t)(eq - environ[i]) : strlen(environ[i]);
-        int replaced = 0;
+        int replaced = strncmp(own, environ[i], nl) == 0 && own[nl] == '=';
         for (size_t j = 0; j < ns && !replaced; j++)
             replaced = strncmp(set[j], environ[i], nl) == 0 && set[j][nl] == '=';
         if (!replaced)
@@ -396,6 +396,7 @@ static char **build_env(const char *const *set)
     }
     for (size_t j = 0; j < ns; j++)
         env[k++] = (char *)set[j];
+    env[k++] = (char *)own;
     env[k] = NULL;
     return env;
 }
@@ -429,7 +430,11 @@ int proc_spawn(proc **out, const proc_params *p, char *err, size_t errlen)
         rc = fail(err, errlen, PROC_EIO, "cannot make pipes for %s: %s", p->argv[0]);
         goto out;
     }
-    env = build_env(p->env);
+    /* posix_spawn cannot arm PR_SET_PDEATHSIG in the child; a child that can (the
+     * engine worker) arms it itself and checks its parent is still this pid. */
+    char parent[48];
+    snprintf(parent, sizeof parent, "RLHOST_PARENT_PID=%ld", (long)getpid());
+    env = build_env(p->env, parent);
     if (!env || posix_spawn_file_actions_init(&fa) != 0) {
         snprintf(err, errlen, "out of memory");
         rc = PROC_ENOMEM;

@@ -4,7 +4,10 @@
  * engine worker speaks JSON Lines) and its stderr read line by line, each line handed
  * to a log callback and kept in a ring of the last PROC_TAIL_LINES lines for crash
  * reports. The child runs in its own process group, so a Ctrl-C at the terminal
- * reaches the host only; the host decides when the child stops.
+ * reaches the host only; the host decides when the child stops. The child's
+ * environment has RLHOST_PARENT_PID=<the host's pid>: posix_spawn cannot arm
+ * PR_SET_PDEATHSIG, so a child that must not outlive a host killed by SIGKILL arms
+ * it itself and exits if getppid() already differs (scripts/rlengine/worker.py).
  *
  * Every wait polls in bounded slices and gives up with PROC_EINTR once sig_level()
  * (host/sig.h) reaches 2. Every descriptor is close-on-exec. SIGPIPE never reaches

@@ -120,6 +120,21 @@ static int start(const py_params *p)
     /* Isolated: the user's PYTHONPATH, PYTHONHOME, PYTHONHASHSEED and user site do not
      * apply, so the embedded engine sees exactly what the worker started with
      * <venv>/bin/python sees (the worker gets PYTHONHASHSEED=0 to match). */
+    /* UTF-8 mode (PEP 540): paths are bytes to Linux and UTF-8 text to the engine,
+     * decoded with surrogateescape, so every byte a path can hold round-trips (a
+     * UTF-8 name like 'runs/rün ✓' as itself, any other byte as U+DC80..U+DCFF). An
+     * isolated pre-config would otherwise take the locale's encoding, and the host
+     * never calls setlocale: ASCII, whatever LANG says. The worker gets PYTHONUTF8=1
+     * (lmodel.c), so both transports read paths alike. */
+    PyPreConfig pre;
+    PyPreConfig_InitIsolatedConfig(&pre);
+    pre.utf8_mode = 1;
+    PyStatus pst = Py_PreInitialize(&pre);
+    if (PyStatus_Exception(pst)) {
+        snprintf(init_err, sizeof init_err, "cannot pre-initialise the embedded Python: %.200s",
+                 pst.err_msg ? pst.err_msg : "unknown error");
+        return PY_EINIT;
+    }
     PyConfig cfg;
     PyConfig_InitIsolatedConfig(&cfg);
     cfg.install_signal_handlers = 0; /* SIGINT stays with host/sig.c */

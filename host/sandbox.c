@@ -23,6 +23,7 @@
 #include <string.h>
 #include <dirent.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -150,6 +151,18 @@ static void become_program(const sandbox_params *p, const char *const *argv, int
     _exit(127);
 }
 
+/* SIGKILL when the parent dies (a host killed by SIGKILL cannot clean up), and exit
+ * now if it already has: the check closes the window between fork and prctl. A
+ * parent outside the child's PID namespace shows as 0 and cannot be checked. */
+static void die_with_parent(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (parent && getppid() != parent)
+        _exit(127);
+}
+
+static pid_t host_pid; /* set before fork, read by the child */
+
 static void private_tmp(const char *dir)
 {
     struct stat s;
@@ -161,12 +174,15 @@ static void run_child(const sandbox_params *p, const char *const *argv, const ch
                       int in, int out, int err, int st)
 {
     setpgid(0, 0);
+    die_with_parent(host_pid);
     if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
         _exit(127);
     /* The middle and init never exec, so close-on-exec does not help them: the
      * host's end of the stdin pipe must go now or the program never sees EOF. */
     close_from(3, st);
     signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL); /* the host's handlers (sig.c) must not run in the middle */
+    signal(SIGHUP, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
     signal(SIGXFSZ, SIG_DFL); /* the host ignores it; ignored stays ignored across exec */
     sigset_t none;
@@ -209,6 +225,8 @@ static void run_child(const sandbox_params *p, const char *const *argv, const ch
     private_tmp("/dev/shm");
     private_tmp("/run/lock");
     pid_t init = fork();
+    if (init == 0) /* init's end ends the namespace, and with it the program */
+        die_with_parent(0); /* the middle is outside init's PID namespace */
     if (init < 0) {
         report(st, 'S', errno);
         _exit(127);
@@ -349,6 +367,7 @@ int sandbox_run(const sandbox_params *p, const char *const *argv, const sandbox_
         goto done;
     }
     double t0 = now_ms();
+    host_pid = getpid();
     pid = fork();
     if (pid < 0) {
         snprintf(err, errlen, "fork: %s", strerror(errno));

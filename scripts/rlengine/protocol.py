@@ -103,6 +103,21 @@ def choice(*options: str) -> Callable:
     return check
 
 
+def _check_text(op: str, where: str, v: str) -> str:
+    """Text the model reads must be Unicode. The host sends bytes that are not UTF-8 as
+    lone surrogates U+DC80..U+DCFF (surrogateescape), which paths need and text cannot
+    hold: name the field and the byte."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = v[exc.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF \
+            else f"U+{ord(bad):04X}"
+        raise ConfigError(f"{op}: '{where}' is not valid UTF-8 text ({byte} at character "
+                          f"{exc.start + 1})") from None
+    return v
+
+
 def prompts(op: str, name: str, v: Any) -> list[str]:
     if not isinstance(v, list):
         raise ConfigError(f"{op}: '{name}' must be a list of strings, got {_desc(v)}")
@@ -111,6 +126,7 @@ def prompts(op: str, name: str, v: Any) -> list[str]:
     for i, p in enumerate(v):
         if not isinstance(p, str):
             raise ConfigError(f"{op}: '{name}[{i + 1}]' must be a string, got {_desc(p)}")
+        _check_text(op, f"{name}[{i + 1}]", p)
     return v
 
 
@@ -122,6 +138,7 @@ def stop_list(op: str, name: str, v: Any) -> list[str]:
     for i, s in enumerate(v):
         if not isinstance(s, str) or not s:
             raise ConfigError(f"{op}: '{name}[{i + 1}]' must be a non-empty string")
+        _check_text(op, f"{name}[{i + 1}]", s)
     return v
 
 
@@ -173,8 +190,8 @@ def samples(op: str, name: str, v: Any) -> list[dict]:
             if not isinstance(s.get("prompt"), str) or not isinstance(s.get("text"), str):
                 raise ConfigError(f"{op}: '{where}' needs 'prompt_ids' and 'ids', "
                                   f"or 'prompt' and 'text' strings")
-            norm["prompt"] = s["prompt"]
-            norm["text"] = s["text"]
+            norm["prompt"] = _check_text(op, f"{where}.prompt", s["prompt"])
+            norm["text"] = _check_text(op, f"{where}.text", s["text"])
             norm["finish"] = s.get("finish")
         lp = s.get("logprobs")
         if lp is not None:

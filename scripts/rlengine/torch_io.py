@@ -137,10 +137,18 @@ def load_safetensors(path: str, what: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     check_safetensors_file(path, what)
+    # safetensors (Rust) takes only a UTF-8 path, and a Linux path is any bytes (here a
+    # str with surrogate escapes): hand it the file through /proc/self/fd instead.
     try:
-        return load_file(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EngineIOError(f"{what}: cannot read '{path}': {exc}") from None
+    try:
+        return load_file(f"/proc/self/fd/{fd}")
     except SafetensorError as exc:
         raise corrupt_error(path, str(exc)) from None
+    finally:
+        os.close(fd)
 
 
 def _check_targets(header: dict, targets: dict[str, torch.Tensor], path: str, what: str) -> None:

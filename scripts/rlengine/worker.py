@@ -13,7 +13,30 @@ import signal
 import sys
 
 
+def die_with_host() -> None:
+    """Ask the kernel for SIGKILL when the host dies (PR_SET_PDEATHSIG), so that a
+    host killed by SIGKILL leaves no worker holding memory or mapped weights.
+
+    The host passes its pid in RLHOST_PARENT_PID (host/proc.h); a worker whose
+    parent is already another process (the host died before this ran) exits now.
+    Files it leaves in /dev/shm are removed by the next engine start (torch_io).
+    """
+    want = os.environ.pop("RLHOST_PARENT_PID", "")  # not for our own children
+    if not want.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(want):
+        os._exit(1)
+
+
 def main() -> int:
+    die_with_host()
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
