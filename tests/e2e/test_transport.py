@@ -270,5 +270,96 @@ def test_path_bytes_that_are_not_utf8_round_trip(tmp_path, transport):
     assert b"'prompts[1]' is not valid UTF-8 text (byte 0xff" in prompt_err, prompt_err
 
 
+SYNC_RECIPE = r"""
+local rl = require "rl"
+local trainer <close> = rl.model{path = "builtin:tiny", device = "cpu", threads = 1}
+local gen <close> = rl.model{path = "builtin:tiny", transport = "worker", device = "cpu", threads = 1}
+local _, wpid = gen:_transport()
+io.stdout:write("worker ", wpid, "\n") io.stdout:flush()
+local s0 = rl.generate(trainer, {"ab", "cd"}, {max_tokens = 3})
+trainer:train_step(s0, {loss = "sft", clip = 1.0})
+for i = 1, tonumber(os.getenv("SYNCS") or "1000000") do
+  trainer:sync(gen)
+end
+local s = rl.generate(gen, {"ab"}, {max_tokens = 2})
+io.stdout:write("synced version ", s[1].version, " of ", trainer:info().version, "\n")
+"""
+
+
+def sync_files(d) -> list[str]:
+    return sorted(n for n in os.listdir(d) if n.startswith("rlengine-"))
+
+
+def start_sync(tmp_path, env: dict) -> tuple[subprocess.Popen, int]:
+    recipe = tmp_path / "sync.lua"
+    recipe.write_text(SYNC_RECIPE)
+    p = subprocess.Popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=tmp_path, env=dict(os.environ, **env))
+    line = p.stdout.readline()
+    assert line.startswith("worker "), (line, p.stderr.read() if p.poll() is not None else "")
+    return p, int(line.split()[1])
+
+
+@pytest.mark.skipif(not os.access(RLHOST, os.X_OK), reason="rlhost not built")
+def test_host_sigkilled_mid_sync_leaves_nothing_after_the_next_start(tmp_path):
+    """Fault 9.3: a host SIGKILLed while it wrote the weights for its worker left
+    rlengine-PID-*.safetensors.tmp-* files in /dev/shm for good. Here the sync
+    directory is a private one (RLENGINE_SHM_DIR), so the count is exact, and every
+    kill lands inside a write (the engine pauses there for the test)."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    env = {"RLENGINE_SHM_DIR": str(shm), "RLENGINE_TEST_WRITE_DELAY": "0.3"}
+    left = []
+    for _ in range(4):
+        p, worker = start_sync(tmp_path, env)
+        wait_for(lambda: [n for n in sync_files(shm) if ".tmp-" in n], 120,
+                 "a weight-sync write to start")
+        kill_and_wait(p, signal.SIGKILL, what="host")
+        wait_gone(worker, 20, "the worker of a SIGKILLed host")
+        left = sync_files(shm)
+        assert any(".tmp-" in n for n in left), left  # the kill did land in a write
+    # The next start of any engine removes what dead owners left; a live one's stay.
+    other = shm / f"rlengine-{os.getpid()}-0123456789ab.safetensors"
+    other.write_bytes(b"a live process's file")
+    p = subprocess.run([RLHOST, "-e", 'rl.model{path = "builtin:tiny", threads = 1}'],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env=dict(os.environ, RLENGINE_SHM_DIR=str(shm)))
+    assert p.returncode == 0, p.stderr
+    assert sync_files(shm) == [other.name], f"left before: {left}"
+
+
+def mount_tmpfs(path, size: str) -> bool:
+    if os.geteuid() != 0:
+        return False
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not os.access(RLHOST, os.X_OK), reason="rlhost not built")
+def test_full_shm_falls_back_to_the_temp_dir(tmp_path):
+    """A sync directory too small for the weights (a full /dev/shm): the export says so
+    once and syncs through the temporary directory; the generator still gets every
+    version, and nothing half-written stays in either place."""
+    shm = tmp_path / "shm"
+    if not mount_tmpfs(shm, "1m"):
+        pytest.skip("needs root to mount a small tmpfs")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    try:
+        p, worker = start_sync(tmp_path, {"RLENGINE_SHM_DIR": str(shm), "SYNCS": "3",
+                                          "TMPDIR": str(tmp)})
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert "synced version 1 of 1" in out, (out, err)
+        assert err.count("weight sync: cannot write") == 1, err
+        assert "No space left on device" in err, err
+        assert sync_files(shm) == [], "a partial file stayed in the full directory"
+        assert sync_files(tmp) == [], "the fallback file outlived its model"
+        wait_gone(worker, 20, "the worker")
+    finally:
+        subprocess.run(["umount", str(shm)])
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
