@@ -30,7 +30,7 @@ from . import __version__
 from .errors import ConfigError, EngineIOError, NonFiniteError, StateError
 from .torch_io import (ExportFile, check_safetensors_file, corrupt_error, export_weights,
                        forget, import_weights, load_safetensors, read_safetensors_into,
-                       sweep_once, sync_dir, write_safetensors)
+                       sweep_at_start, write_safetensors)
 from .torch_models import BUILTIN_CONFIGS, GPT, ByteTokenizer, build
 
 log = logging.getLogger("rlengine")
@@ -50,7 +50,7 @@ def error_kind(exc: BaseException) -> str | None:
 
 
 def load(opts: dict) -> TorchModel:
-    sweep_once(sync_dir())  # engine start: files of dead engines go (torch_io)
+    sweep_at_start()  # files that engines which died left in /dev/shm go (torch_io)
     return TorchModel(opts)
 
 

@@ -391,6 +391,12 @@ def sweep_once(base: str) -> None:
             remove_stale_exports(base)
 
 
+def sweep_at_start() -> None:
+    """At engine start: the stale files of the sync directory and of the fallback."""
+    for base in dict.fromkeys((sync_dir(), tempfile.gettempdir())):
+        sweep_once(base)
+
+
 class ExportFile:
     """One model's default weight-sync file, rewritten in place by every export.
 

@@ -94,3 +94,17 @@ def descendants(pid: int) -> list[tuple[int, str]]:
                 out.append((c, comm[c]))
                 todo.append(c)
     return out
+
+
+def read_until(stream, text: str) -> str:
+    """Read lines from a child's text pipe up to the one containing `text`; returns all
+    read. Fails if the pipe ends first. For "the host said it saw the signal": standard
+    signals do not queue, so a second one sent before the first is handled may merge
+    with it."""
+    seen = ""
+    while text not in seen:
+        line = stream.readline()
+        if not line:
+            raise AssertionError(f"the stream ended before {text!r}:\n{seen}")
+        seen += line
+    return seen
