@@ -401,6 +401,34 @@ static char **build_env(const char *const *set, const char *own)
     return env;
 }
 
+/* The child's side of a spawn: pipes onto 0..2, no other inherited descriptor, its
+ * working directory, its own process group, default signal dispositions and mask. */
+static void spawn_actions(posix_spawn_file_actions_t *fa, posix_spawnattr_t *at,
+                          const proc_params *p, int in0, int out1, int err1)
+{
+    posix_spawn_file_actions_adddup2(fa, in0, 0);
+    posix_spawn_file_actions_adddup2(fa, out1, 1);
+    posix_spawn_file_actions_adddup2(fa, err1, 2);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    /* Descriptors the host opened without close-on-exec (Lua's io.open does) must
+     * not leak into a long-lived child. */
+    posix_spawn_file_actions_addclosefrom_np(fa, 3);
+#endif
+    if (p->cwd)
+        posix_spawn_file_actions_addchdir_np(fa, p->cwd);
+    /* Own process group: a terminal Ctrl-C reaches the host, not the child, and a
+     * kill of the group also ends anything the child started. Signal dispositions
+     * and mask start from the defaults, whatever the host set for itself. */
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setpgroup(at, 0);
+    posix_spawnattr_setsigmask(at, &none);
+    posix_spawnattr_setsigdefault(at, &all);
+    posix_spawnattr_setflags(at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                     POSIX_SPAWN_SETSIGDEF);
+}
+
 int proc_spawn(proc **out, const proc_params *p, char *err, size_t errlen)
 {
     *out = NULL;
@@ -447,27 +475,7 @@ int proc_spawn(proc **out, const proc_params *p, char *err, size_t errlen)
         goto out;
     }
     at_ok = 1;
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, outp[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, errp[1], 2);
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
-    /* Descriptors the host opened without close-on-exec (Lua's io.open does) must
-     * not leak into a long-lived child. */
-    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-#endif
-    if (p->cwd)
-        posix_spawn_file_actions_addchdir_np(&fa, p->cwd);
-    /* Own process group: a terminal Ctrl-C reaches the host, not the child, and a
-     * kill of the group also ends anything the child started. Signal dispositions
-     * and mask start from the defaults, whatever the host set for itself. */
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setpgroup(&at, 0);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &all);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
+    spawn_actions(&fa, &at, p, in[0], outp[1], errp[1]);
     int e = posix_spawn(&pr->pid, p->argv[0], &fa, &at, (char *const *)p->argv, env);
     if (e != 0) {
         errno = e;
