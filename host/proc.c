@@ -541,7 +541,7 @@ static ssize_t write_nosigpipe(int fd, const void *buf, size_t n)
 static int wait_status(proc *pr, int64_t deadline_ms, char *err, size_t errlen)
 {
     if (sig_level() >= 2) {
-        snprintf(err, errlen, "interrupted by a second SIGINT");
+        snprintf(err, errlen, "interrupted by a second signal (SIGINT, SIGTERM or SIGHUP)");
         return PROC_EINTR;
     }
     if (deadline_ms >= 0 && proc_now_ms() >= deadline_ms) {

@@ -24,7 +24,7 @@ enum {
     PROC_ENOMEM = -1,   /* allocation failed */
     PROC_ESPAWN = -2,   /* the child could not be started (err says why) */
     PROC_ETIMEOUT = -3, /* the deadline passed before a whole line arrived */
-    PROC_EINTR = -4,    /* a second SIGINT (sig_level() >= 2) ended the wait */
+    PROC_EINTR = -4,    /* a second SIGINT/SIGTERM/SIGHUP (sig_level() >= 2) ended it */
     PROC_EDEAD = -5,    /* the child closed its stdout or died; see proc_exit_text() */
     PROC_ELONG = -6,    /* a line longer than max_line (the rest of it is dropped) */
     PROC_EIO = -7,      /* a system call failed (err says which) */

@@ -26,9 +26,9 @@ static char init_err[1024]; /* why it failed */
 static PyObject *call_fn;   /* the engine's call(request_json) */
 static PyObject *close_fn;  /* its close_all(), or NULL */
 
-/* A second Ctrl-C must end an embedded call as it ends a wait on a worker, but the
- * call runs on this thread inside the interpreter, and the interpreter has no SIGINT
- * handler of its own (SIGINT belongs to host/sig.c). So a watcher thread looks at
+/* A second Ctrl-C (or SIGTERM, SIGHUP) must end an embedded call as it ends a wait on
+ * a worker, but the call runs on this thread inside the interpreter, and the
+ * interpreter has no signal handlers of its own (they belong to host/sig.c). So a watcher thread looks at
  * sig_level() while a call is in flight and, at level 2, raises KeyboardInterrupt in
  * the calling thread (PyThreadState_SetAsyncExc); the engine turns it into an error
  * reply of kind "interrupted" at its next bytecode. in_call and caller_tid change only
@@ -137,7 +137,7 @@ static int start(const py_params *p)
     }
     PyConfig cfg;
     PyConfig_InitIsolatedConfig(&cfg);
-    cfg.install_signal_handlers = 0; /* SIGINT stays with host/sig.c */
+    cfg.install_signal_handlers = 0; /* SIGINT, SIGTERM, SIGHUP stay with host/sig.c */
     cfg.use_hash_seed = 1;
     cfg.hash_seed = 0;
     cfg.site_import = 1;
