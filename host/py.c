@@ -28,9 +28,9 @@ static PyObject *close_fn;  /* its close_all(), or NULL */
 
 /* A second Ctrl-C (or SIGTERM, SIGHUP) must end an embedded call as it ends a wait on
  * a worker, but the call runs on this thread inside the interpreter, and the
- * interpreter has no signal handlers of its own (they belong to host/sig.c). So a watcher thread looks at
- * sig_level() while a call is in flight and, at level 2, raises KeyboardInterrupt in
- * the calling thread (PyThreadState_SetAsyncExc); the engine turns it into an error
+ * interpreter has no signal handlers of its own (they belong to host/sig.c). So a
+ * watcher thread looks at sig_level() while a call is in flight and, at level 2,
+ * raises KeyboardInterrupt in the calling thread (PyThreadState_SetAsyncExc); the engine turns it into an error
  * reply of kind "interrupted" at its next bytecode. in_call and caller_tid change only
  * with the GIL held, and the watcher reads them with the GIL held, so an exception
  * can never be aimed at a call that has already returned. Calls made after the

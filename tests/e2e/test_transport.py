@@ -196,7 +196,8 @@ def test_second_sigint_interrupts_an_embedded_call(tmp_path):
 PATH_RECIPE = r"""
 local rl = require "rl"
 local cfg = rl.config{dir = "", transport = "embedded"}
-local run = rl.run{dir = cfg.dir, resume = true, checkpoint_every = 1, plot = false, progress = false}
+local run = rl.run{dir = cfg.dir, resume = true, checkpoint_every = 1, plot = false,
+                   progress = false}
 local m <close> = rl.model{path = "builtin:tiny", transport = cfg.transport, device = "cpu",
                            threads = 1, seed = 3}
 run:model(m)
@@ -332,7 +333,8 @@ def test_sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one(tm
 SYNC_RECIPE = r"""
 local rl = require "rl"
 local trainer <close> = rl.model{path = "builtin:tiny", device = "cpu", threads = 1}
-local gen <close> = rl.model{path = "builtin:tiny", transport = "worker", device = "cpu", threads = 1}
+local gen <close> = rl.model{path = "builtin:tiny", transport = "worker", device = "cpu",
+                             threads = 1}
 local _, wpid = gen:_transport()
 io.stdout:write("worker ", wpid, "\n") io.stdout:flush()
 local s0 = rl.generate(trainer, {"ab", "cd"}, {max_tokens = 3})

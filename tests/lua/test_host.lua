@@ -167,7 +167,9 @@ local READY = "local f = assert(io.open(os.getenv('READY'), 'w')); f:write('1');
 
 local busy = file("sigbusy.lua", "local rl = require 'rl'\n" .. READY .. [[
     local steps = 0
-    while not rl.interrupted() do steps = steps + 1; local x = 0; for i = 1, 1e5 do x = x + i end end
+    while not rl.interrupted() do
+      steps = steps + 1; local x = 0; for i = 1, 1e5 do x = x + i end
+    end
     io.stderr:write("finished step ", steps, " cleanly\n")
   ]])
 
@@ -175,7 +177,8 @@ for _, c in ipairs{{"INT", 130, "interrupt: finishing the current step"},
                    {"TERM", 143, "SIGTERM: finishing the current step"},
                    {"HUP", 129, "SIGHUP: finishing the current step"}} do
   local sig, status, said = c[1], c[2], c[3]
-  t.test(("the first SIG%s is a flag the recipe reads; it then exits %d"):format(sig, status), function()
+  t.test(("the first SIG%s is a flag the recipe reads; it then exits %d"):format(sig, status),
+         function()
     local st, err = interrupt(busy, sig, 1)
     t.eq(st, status, err)
     t.match(err, said)
@@ -190,7 +193,8 @@ for _, c in ipairs{{"INT", 130, "interrupt: finishing the current step"},
   end)
 end
 
-t.test("SIGTERM in a run: the step ends, a checkpoint is written, exit 143; resume completes", function()
+t.test("SIGTERM in a run: the step ends, a checkpoint is written, exit 143; resume completes",
+       function()
   local run = dir .. "/termrun"
   local r = file("termrun.lua", [[
     local rl = require "rl"

@@ -677,7 +677,8 @@ class Soak:
             return name, True, f"skipped: {f.get('skipped', 'not planned')}"
         problems = []
         if f.get("warned") != 1:
-            problems.append(f"'weight sync: cannot write' said {f.get('warned', 0)} times, not once")
+            problems.append(f"'weight sync: cannot write' said {f.get('warned', 0)} times, "
+                            f"not once")
         if f.get("left"):
             problems.append(f"left in the full directory: {f['left']}")
         return name, not problems, "; ".join(problems) or (
