@@ -40,10 +40,14 @@ def main() -> int:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    # Ctrl-C reaches the whole process group; the host decides how to stop (it
-    # checkpoints, then closes our stdin), so an interrupt must not kill a generator
-    # mid-request. SIGTERM keeps its default action.
+    # Ctrl-C reaches the whole process group, and a service manager or batch scheduler
+    # sends SIGTERM to every process of the job (systemd's control group, SLURM's job
+    # step); the host decides how to stop (it finishes the step, checkpoints, then
+    # closes our stdin), so neither may kill a generator mid-request. A worker that
+    # must go gets end of input, then SIGKILL from proc_close, or dies with its host
+    # (die_with_host).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(stream=sys.stderr, level=os.environ.get("RLENGINE_LOG", "WARNING"),
                         format="rlengine[%(process)d]: %(levelname)s %(message)s")
     from .dispatch import error_reply  # after the redirection: imports may print

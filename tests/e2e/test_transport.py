@@ -77,6 +77,20 @@ def test_one_signal_lets_the_call_finish(tmp_path, sig, status):
 
 
 @pytest.mark.skipif(not os.access(RLHOST, os.X_OK), reason="rlhost not built")
+def test_sigterm_to_every_process_of_the_job_lets_the_call_finish(tmp_path):
+    """systemd (a control group) and batch schedulers (a job step) send SIGTERM to every
+    process of the job at once, the worker included: it must not die mid-request."""
+    p, pid = start(tmp_path, 4)
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGTERM)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert "generated 8 interrupted=true" in out, (out, err)
+    assert p.returncode == 143, (out, err)
+    wait_gone(pid, 30, "the worker of a host that finished")
+
+
+@pytest.mark.skipif(not os.access(RLHOST, os.X_OK), reason="rlhost not built")
 def test_second_sigterm_stops_the_wait_and_the_worker(tmp_path):
     p, pid = start(tmp_path, 64)
     p.send_signal(signal.SIGTERM)
@@ -112,8 +126,12 @@ local r, info = rl.score(rl.reward.run{lang = "bash", check = "tests", timeout =
 def test_sigkilled_host_takes_its_sandboxed_programs_along(tmp_path):
     recipe = tmp_path / "sb.lua"
     recipe.write_text(SANDBOX_RECIPE)
+    # A SIGKILLed host cannot remove its sandbox's work directory: keep it in this
+    # test's own TMPDIR, not in the /tmp other tests check.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     p = subprocess.Popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, cwd=tmp_path)
+                         text=True, cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp)))
     assert p.stdout.readline().strip() == "go"
     # the program itself (sleep) is running under the sandbox's processes
     kids = wait_for(lambda: (lambda d: d if any(c == "sleep" for _, c in d) else None)(
@@ -377,8 +395,10 @@ def test_host_sigkilled_mid_sync_leaves_nothing_after_the_next_start(tmp_path):
                  120, "a weight-sync write to start")
         kill_and_wait(p, signal.SIGKILL, what="host")
         wait_gone(worker, 20, "the worker of a SIGKILLed host")
+        # the kill landed in a write: its half-written file is there (until the next
+        # host's start removes it)
+        assert [n for n in sync_files(shm) if n.startswith(mine) and ".tmp-" in n]
     left = sync_files(shm)
-    assert len([n for n in left if ".tmp-" in n]) == 4, left  # each kill landed in a write
     # The next start of any engine removes what dead owners left; a live one's stay.
     other = shm / f"rlengine-{os.getpid()}-0123456789ab.safetensors"
     other.write_bytes(b"a live process's file")
