@@ -1,13 +1,20 @@
 # rlhost — see README.md. `make run` and `make test` are all a user needs.
 PREFIX  ?= /usr/local
 BUILD   ?= build
-PKGS    := lua5.4 libcjson libcurl python3-embed sqlite3
+# pkg-config module:Debian package that ships its .pc file (scripts/deps.sh installs them;
+# python3-embed.pc is in libpython3-dev, which deps.sh gets through python3-dev).
+PC_DEBS := lua5.4:liblua5.4-dev libcjson:libcjson-dev libcurl:libcurl4-openssl-dev \
+           python3-embed:libpython3-dev sqlite3:libsqlite3-dev
+PKGS    := $(foreach m,$(PC_DEBS),$(firstword $(subst :, ,$(m))))
 CC      ?= cc
 OPT     ?= -O2 -g
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# One pkg-config call per module: a single call for all of them fails as a whole when
+# one is missing and leaves every flag empty (the first symptom is then a missing
+# lauxlib.h, far from the cause). pkg-check names what is missing instead.
+PKG_CFLAGS := $(foreach p,$(PKGS),$(shell pkg-config --cflags $(p) 2>/dev/null))
+PKG_LIBS   := $(foreach p,$(PKGS),$(shell pkg-config --libs $(p) 2>/dev/null))
 ifneq ($(shell pkg-config --exists readline 2>/dev/null && echo y),)
 PKG_CFLAGS += -DRLHOST_READLINE
 PKG_LIBS   += -lreadline
@@ -28,8 +35,15 @@ ifeq ($(V),1)
 Q =
 endif
 
-.PHONY: all deps test san valgrind fuzz fuzz-build install run bench soak clean
+.PHONY: all deps pkg-check test san valgrind fuzz fuzz-build install run bench soak clean fresh-check
 all: $(BUILD)/rlhost $(TEST_BIN)
+
+# Runs before any compilation (an order-only prerequisite of every object file).
+pkg-check:
+	@command -v pkg-config >/dev/null || { echo "rlhost: pkg-config is not installed: run 'make deps'" >&2; exit 1; }
+	@ok=y; for m in $(PC_DEBS); do p=$${m%%:*}; \
+	  pkg-config --exists $$p || { ok=; echo "rlhost: pkg-config module '$$p' not found (Debian package $${m#*:})" >&2; }; \
+	done; [ -n "$$ok" ] || { echo "rlhost: run 'make deps' (as root it installs what is missing)" >&2; exit 1; }
 
 deps:
 	$(Q)scripts/deps.sh
@@ -38,7 +52,7 @@ $(BUILD)/rlhost: $(OBJ)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/obj/%.o: host/%.c
+$(BUILD)/obj/%.o: host/%.c | pkg-check
 	@mkdir -p $(@D)
 	@echo "  CC    $<"
 	$(Q)$(CC) $(CFLAGS) -Ihost -c -o $@ $<
@@ -117,6 +131,12 @@ bench: deps
 	$(Q)scripts/deps.sh bench
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q).venv/bin/python tests/bench/run --build $(BUILD)
+
+# The README's two commands in a bare Debian 12 root (debootstrap minbase, cached under
+# /var/cache/rlhost-fresh): needs root and the package archives; 30-60 minutes the first
+# time. Not part of `make test`. See scripts/fresh_check.sh for its settings.
+fresh-check:
+	$(Q)scripts/fresh_check.sh
 
 install: $(BUILD)/rlhost
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/rlhost

@@ -4,10 +4,23 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-# Build and run dependencies. Benchmark/fuzz-only packages are listed in BENCH_DEBS
-# and installed by `make bench` / `make fuzz` (scripts/deps.sh bench).
+# Everything the build, the recipes and the tests run, for a bare Debian 12 (debootstrap
+# minbase + make, gcc, git, ca-certificates): `make fresh-check` proves the list.
+#   build-essential pkg-config          compiler, make, the .pc lookups below
+#   liblua5.4-dev libcjson-dev          lua5.4.pc, libcjson.pc
+#   libcurl4-openssl-dev libsqlite3-dev libcurl.pc, sqlite3.pc
+#   python3-dev                         python3-embed.pc (it is in libpython3-dev, which
+#                                       python3.11-dev alone does not pull) and /usr/bin/python3
+#                                       (the code sandbox's Python)
+#   python3.11-venv                     /usr/bin/python3.11 -m venv .venv
+#   libreadline-dev                     line editing in rlhost -i
+#   sqlite3                             the sqlite3 shell, to inspect a score cache by hand
+#   procps                              ps (the sandbox tests look for leftover processes)
+#   openssl ca-certificates             self-signed certificates in the TLS tests; verified TLS
+# Benchmark/fuzz-only packages are listed in BENCH_DEBS and installed by `make bench` /
+# `make fuzz` (scripts/deps.sh bench).
 DEBS="build-essential pkg-config liblua5.4-dev libcjson-dev libcurl4-openssl-dev
-python3.11-dev python3.11-venv libsqlite3-dev libreadline-dev sqlite3 ca-certificates"
+python3-dev python3.11-venv libsqlite3-dev libreadline-dev sqlite3 procps openssl ca-certificates"
 BENCH_DEBS="lua-cjson lua5.4 clang libclang-rt-14-dev valgrind"
 [ "${1:-}" = bench ] && DEBS="$DEBS $BENCH_DEBS"
 

@@ -18,7 +18,9 @@
 --
 -- Provenance: every sample gets `source` (the member's name) and `off_policy=true`
 -- when it did not come from the first member (the policy); every info[i] gets
--- `source` (and `fallback=true` when not from the first scorer). chain:stats()
+-- `source` (and `fallback=true` when not from the first scorer); info.summary totals
+-- what every member called did (requests, retries, cache_hits, tokens, latency_ms:
+-- see rl.score), whether it answered or raised. chain:stats()
 -- returns the counts for the metrics. The breaker reads a clock, so which member
 -- serves a call can depend on time: exact resume holds while no member fails.
 -- Nil members (`teacher and judge`) are skipped,
@@ -106,8 +108,9 @@ function Chain:reset_stats()
 end
 
 -- Counts since creation (or the last reset): calls, samples per source, failures
--- by kind (and per source), fallbacks taken, breaker trips, calls skipped while a
--- breaker was open. stats{reset=true} returns them and starts from zero.
+-- by kind (and per source; a failed generate call counts once, a scorer counts each
+-- sample it did not score), fallbacks taken (samples, when scoring), breaker trips,
+-- calls skipped while a breaker was open. stats{reset=true} returns them and starts from zero.
 function Chain:stats(opts)
   local s = self._stats
   local open = {}
@@ -141,11 +144,21 @@ function Chain:_accepts(err)
   return self.on(err) and true or false
 end
 
-function Chain:_failed(i, kind)
-  local s, st = self._stats, self.state[i]
-  local nm = self.names[i]
-  s.failures[kind] = (s.failures[kind] or 0) + 1
-  s.failures_by_source[nm][kind] = (s.failures_by_source[nm][kind] or 0) + 1
+-- Count failures of member i by kind; kinds is a kind or a list of kinds (one a
+-- failed sample, when scoring).
+function Chain:_count(i, kinds)
+  local s, nm = self._stats, self.names[i]
+  for _, kind in ipairs(type(kinds) == "table" and kinds or {kinds}) do
+    s.failures[kind] = (s.failures[kind] or 0) + 1
+    s.failures_by_source[nm][kind] = (s.failures_by_source[nm][kind] or 0) + 1
+  end
+end
+
+-- Member i failed a whole call: count it (kinds as for _count) and move its breaker.
+function Chain:_failed(i, kinds)
+  local st, nm = self.state[i], self.names[i]
+  local s = self._stats
+  self:_count(i, kinds)
   st.fails = st.fails + 1
   if st.fails >= self.max_failures then
     local t = self.clock()
@@ -279,11 +292,18 @@ local function call_score(m, samples, opts)
   return local_score(m, samples, opts)
 end
 
+-- The counts (requests, cache hits, tokens, ...) of one member's call, added into the
+-- chain's summary; a member that raised (rl.score with raise=) carries them in err.info.
+local function add_summary(into, inf)
+  return require("rl.score").add_summary(into, type(inf) == "table" and inf.summary or nil)
+end
+
 function Chain:score(samples, opts)
   local s = self._stats
   s.calls = s.calls + 1
   local n = #samples
   local rewards, info = {}, {}
+  local summary = add_summary({}, nil)
   local pending = {}
   for i = 1, n do pending[i] = i end
   local cands = self:_candidates()
@@ -294,6 +314,7 @@ function Chain:score(samples, opts)
     for j, idx in ipairs(pending) do sub[j] = samples[idx] end
     local ok, r, inf = pcall(call_score, m, sub, opts)
     local still = {}
+    add_summary(summary, ok and inf or (type(r) == "table" and r.info))
     if ok then
       r, inf = r or {}, inf or {}
       local got, kinds = 0, {}
@@ -319,22 +340,21 @@ function Chain:score(samples, opts)
       if got == 0 and #pending > 0 then
         -- Nothing at all came back: the member is as good as down (a judge whose
         -- server is gone may report each sample instead of raising).
-        self:_failed(i, kinds[1] or "missing")
+        self:_failed(i, kinds)
       else
         self:_succeeded(i)
-        for _, k in ipairs(kinds) do
-          s.failures[k] = (s.failures[k] or 0) + 1
-          s.failures_by_source[nm][k] = (s.failures_by_source[nm][k] or 0) + 1
-        end
+        self:_count(i, kinds)
       end
     else
       if not self:_accepts(r) then error(r, 0) end
       local kind = kind_of(r)
-      self:_failed(i, kind)
+      local kinds = {}
       for _, idx in ipairs(pending) do
         info[idx] = {status = "error", kind = kind, message = message_of(r), source = nm}
         still[#still + 1] = idx
+        kinds[#kinds + 1] = kind
       end
+      self:_failed(i, kinds)
     end
     if #still > 0 and ci < #cands then
       s.fallbacks = s.fallbacks + #still
@@ -345,6 +365,7 @@ function Chain:score(samples, opts)
     end
     pending = still
   end
+  info.summary = summary
   return rewards, info
 end
 

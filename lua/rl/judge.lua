@@ -10,7 +10,9 @@
 -- last JSON object), a Lua pattern with one capture (its last match), or a function
 -- text -> number|nil, why. The score must lie on the scale and is normalised to
 -- [0, 1]. Anything else is a missing reward with kind "parse" and the raw text in
--- info[i].raw — never a silent 0.
+-- info[i].raw — never a silent 0. So is a reply cut off at max_tokens (OpenAI
+-- finish_reason "length", Anthropic stop_reason "max_tokens"; info[i].finish =
+-- "length"), whatever scores its text mentions on the way.
 --
 -- votes=k asks k times (with the judge's temperature) and takes the median of the
 -- votes that parsed. Pairwise mode scores samples two by two (samples 1 and 2, 3 and
@@ -120,8 +122,9 @@ function M.judge(opts)
   end
   local scale = opts.scale or { 1, 10 }
   local lo, hi = scale[1] or scale.lo, scale[2] or scale.hi
-  if type(lo) ~= "number" or type(hi) ~= "number" or not (hi > lo) then
-    config_error("'scale' must be {lo, hi} with lo < hi")
+  if type(lo) ~= "number" or type(hi) ~= "number" or not (hi > lo)
+     or not (lo > -math.huge and hi < math.huge) then
+    config_error("'scale' must be {lo, hi}, finite numbers with lo < hi")
   end
   local votes = opts.votes or 1
   if math.type(votes) ~= "integer" or votes < 1 then config_error("'votes' must be a positive integer") end
@@ -199,6 +202,17 @@ function Judge:prompt_for(s)
   })
 end
 
+-- A reply that stopped at the token limit (OpenAI finish_reason "length", Anthropic
+-- stop_reason "max_tokens"; rl.endpoint maps both to "length") holds no verdict, even
+-- when its text mentions one in passing ("a [[2]] would mean ..., a [[9]] would").
+-- Returns the reason it is unusable, or nil for a reply that ended on its own.
+function Judge:cut_off(rep)
+  if type(rep.finish) == "table" and rep.finish[1] == "length" then
+    return ("the judge's reply was cut off at max_tokens=%d before its verdict " ..
+            "(raise the judge's max_tokens)"):format(self.max_tokens)
+  end
+end
+
 local function new_summary() return { requests = 0, retries = 0, cache_hits = 0, prompt_tokens = 0,
                                       completion_tokens = 0, latency_ms = 0 } end
 
@@ -271,14 +285,16 @@ function Judge:score(samples, opts)
   local per = self:_ask_grouped(prompts, owner, summary)
   local puts = {}
   for i, reps in pairs(per) do
-    local scores, raws, fail, parse_fail, lat, attempts = {}, {}, nil, nil, 0, 0
+    local scores, raws, fail, parse_fail, lat, attempts, cut = {}, {}, nil, nil, 0, 0, nil
     for _, rep in ipairs(reps) do
       lat = math.max(lat, rep.latency_ms or 0)
       attempts = attempts + (rep.attempts or 0)
       if rep.ok then
         local text = rep.texts[1] or ""
         raws[#raws + 1] = text
-        local v, why = self:read_score(text)
+        local v, why
+        local cut_why = self:cut_off(rep)
+        if cut_why then why, cut = cut_why, "length" else v, why = self:read_score(text) end
         if v then scores[#scores + 1] = v else parse_fail = parse_fail or why end
       else
         fail = fail or rep
@@ -299,7 +315,7 @@ function Judge:score(samples, opts)
                   raw = raw }
     else
       info[i] = { status = "error", kind = "parse", message = parse_fail, raw = raw,
-                  source = self.source, latency_ms = lat, attempts = attempts }
+                  source = self.source, latency_ms = lat, attempts = attempts, finish = cut }
     end
     summary.latency_ms = math.max(summary.latency_ms, lat)
   end
@@ -367,11 +383,13 @@ function Judge:_score_pairwise(samples, opts)
   local puts = {}
   for k, reps in pairs(got) do
     local pr = pairs_[k]
-    local verdicts, raws, fail, why = {}, {}, nil, nil
+    local verdicts, raws, fail, why, cut = {}, {}, nil, nil, nil
     for _, rep in ipairs(reps) do
       if rep.ok then
         raws[#raws + 1] = rep.texts[1] or ""
-        local v, w = C.parse_verdict(rep.texts[1] or "")
+        local v, w
+        local cut_why = self:cut_off(rep)
+        if cut_why then w, cut = cut_why, "length" else v, w = C.parse_verdict(rep.texts[1] or "") end
         verdicts[#verdicts + 1] = v or false
         why = why or w
       else
@@ -384,7 +402,8 @@ function Judge:_score_pairwise(samples, opts)
       ix = { status = "error", kind = fail.kind, message = fail.message, retryable = fail.retryable,
              source = self.source, raw = raw }
     elseif not (verdicts[1] and verdicts[2]) then
-      ix = { status = "error", kind = "parse", message = why, raw = raw, source = self.source }
+      ix = { status = "error", kind = "parse", message = why, raw = raw, source = self.source,
+             finish = cut }
     else
       local r, consistent = pair_outcome(verdicts[1], verdicts[2])
       rewards[pr.x] = r

@@ -37,10 +37,11 @@ local function copy(t)
   return out
 end
 
--- What the engine reads of a sample: token ids when the engine made it, else prompt
--- and text; the log-probs recorded at generation only where the loss uses them (ppo),
--- since encoding every token's float is most of a request's cost. Everything else a
--- sample carries (source, group, a dataset's extra fields) stays in Lua.
+-- What the engine reads of a sample: token ids when the engine made it, else prompt,
+-- text and finish (a text cut at max_tokens, finish="length", gets no EOS: it did not
+-- end there); the log-probs recorded at generation only where the loss uses them
+-- (ppo), since encoding every token's float is most of a request's cost. Everything
+-- else a sample carries (source, group, a dataset's extra fields) stays in Lua.
 local function engine_samples(samples, with_logprobs)
   if type(samples) ~= "table" then return samples end -- the engine names the error
   local out = {}
@@ -52,7 +53,7 @@ local function engine_samples(samples, with_logprobs)
     elseif s.ids ~= nil or s.prompt_ids ~= nil then
       out[i] = { prompt_ids = s.prompt_ids, ids = s.ids, logprobs = lp }
     else
-      out[i] = { prompt = s.prompt, text = s.text, logprobs = lp }
+      out[i] = { prompt = s.prompt, text = s.text, finish = s.finish, logprobs = lp }
     end
   end
   return out

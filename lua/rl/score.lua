@@ -10,8 +10,9 @@
 --
 -- Kinds say whose fault a failure is, which is what a fallback needs:
 --   per-sample (the scorer works, this answer did not): "parse" (the judge answered
---     but no score could be read; raw text kept), "value" (a function returned no
---     number), "sandbox" setup trouble is "internal";
+--     but no score could be read, or its reply was cut off at max_tokens; raw text
+--     kept), "value" (no finite number: nil, NaN and +-inf alike, from any scorer),
+--     "sandbox" setup trouble is "internal";
 --   the scorer itself is unavailable: "http", "timeout", "rate_limit" (after the
 --     endpoint's retries), "interrupted".
 -- info.summary (also rl.score_summary()) totals the call: n, ok, failed,
@@ -37,6 +38,18 @@ M.TRANSPORT = TRANSPORT
 
 local last_summary = {}
 
+-- A reward must be a finite number: NaN or +-inf would poison a group's baseline
+-- (every advantage NaN), so they are missing rewards of kind "value".
+local function finite(r) return type(r) == "number" and r > -math.huge and r < math.huge end
+M.finite = finite
+
+local function not_finite(r, what)
+  if type(r) ~= "number" then
+    return ("%s %s, not a number"):format(what, r == nil and "nil" or type(r))
+  end
+  return ("%s %s, not a finite number"):format(what, r ~= r and "NaN" or tostring(r))
+end
+
 local function call_function(f, samples)
   local rewards, info = {}, {}
   for i, s in ipairs(samples) do
@@ -48,14 +61,15 @@ local function call_function(f, samples)
       else
         error(r, 0) -- a bug in the recipe's reward function: stop here, loudly
       end
-    elseif type(r) == "number" and r == r then
+    elseif finite(r) then
       rewards[i] = r
       info[i] = { status = "ok", source = "function", reason = reason,
                   latency_ms = (os.clock() - t0) * 1000 }
     else
-      info[i] = { status = "error", kind = "value", source = "function",
-                  message = reason and tostring(reason) or ("returned %s, not a number"):format(
-                    r == nil and "nil" or tostring(r)) }
+      local msg = not_finite(r, "returned")
+      if reason ~= nil and r == nil then msg = tostring(reason)
+      elseif reason ~= nil then msg = msg .. " (" .. tostring(reason) .. ")" end
+      info[i] = { status = "error", kind = "value", source = "function", message = msg }
     end
   end
   return rewards, info
@@ -79,16 +93,14 @@ function M.score(scorer, samples, opts)
   local summary = info.summary or {}
   summary.n, summary.ok, summary.failed = #samples, 0, 0
   summary.failures = {}
-  for _, k in ipairs { "requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens" } do
-    summary[k] = summary[k] or 0
-  end
+  M.add_summary(summary, nil) -- every count present, 0 when the scorer made none
   local transport, interrupted = {}, false
   for i = 1, #samples do
     local r, inf = rewards[i], info[i]
     if type(inf) ~= "table" then inf = {}; info[i] = inf end
-    if r ~= nil and (type(r) ~= "number" or r ~= r) then
+    if r ~= nil and not finite(r) then
       rewards[i] = nil
-      inf.status, inf.kind, inf.message = "error", "value", "reward is not a number: " .. tostring(r)
+      inf.status, inf.kind, inf.message = "error", "value", not_finite(r, "the reward is")
     elseif r == nil and inf.status ~= "error" then
       inf.status, inf.kind = "error", inf.kind or "value"
       inf.message = inf.message or "the scorer returned no reward"
@@ -133,5 +145,18 @@ function M.score(scorer, samples, opts)
 end
 
 function M.summary() return last_summary end
+
+local COUNTS = { "requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens",
+                 "latency_ms" }
+
+-- Add the counts of one scorer's info.summary into `into` (for scorers made of
+-- scorers: fallback chains, weighted sums). Members are called one after another, so
+-- their latencies add up too. Returns `into`.
+function M.add_summary(into, from)
+  for _, k in ipairs(COUNTS) do
+    into[k] = (into[k] or 0) + (type(from) == "table" and tonumber(from[k]) or 0)
+  end
+  return into
+end
 
 return M

@@ -541,6 +541,10 @@ class TorchModel:
         seqs_k = [seqs[i] for i in keep]
         counts = [len(c) for _, c in seqs_k]
         ntok = sum(counts)
+        for name, own in (("total_tokens", ntok), ("total_samples", len(keep))):
+            if o[name] is not None and o[name] < own:
+                raise ConfigError(f"backward: '{name}' is {o[name]}, less than this "
+                                  f"micro-batch's own {own}")
         ids, valid, sel = self._batch(seqs_k)
         targets = ids[:, 1:][sel]
         dev, fdt = self.device, self._float(torch.empty((), dtype=self.dtype)).dtype

@@ -192,7 +192,13 @@ def samples(op: str, name: str, v: Any) -> list[dict]:
                                   f"or 'prompt' and 'text' strings")
             norm["prompt"] = _check_text(op, f"{where}.prompt", s["prompt"])
             norm["text"] = _check_text(op, f"{where}.text", s["text"])
-            norm["finish"] = s.get("finish")
+            # "length": cut at max_tokens, so no EOS is appended (any other value, or
+            # none, means the text ended there).
+            fin = s.get("finish")
+            if fin is not None and not isinstance(fin, str):
+                raise ConfigError(f"{op}: '{where}.finish' must be a string such as 'stop' "
+                                  f"or 'length', got {_desc(fin)}")
+            norm["finish"] = fin
         lp = s.get("logprobs")
         if lp is not None:
             if not isinstance(lp, list):
@@ -275,8 +281,10 @@ OPS: dict[str, dict[str, Field]] = {
         "scale": Field(number(), 1.0),
         "clip_low": Field(number(0.0, 1.0), 0.2),
         "clip_high": Field(number(0.0), 0.2),
-        "total_tokens": Field(integer(1), None),
-        "total_samples": Field(integer(1), None),
+        # 0 is a batch whose samples have no completion token (all cut at max_tokens
+        # before their first): nothing in it trains.
+        "total_tokens": Field(integer(0), None),
+        "total_samples": Field(integer(0), None),
     },
     "step": {
         "clip": Field(number(0.0), None),

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import call, load, model_obj
+from conftest import EngineFailed, call, load, model_obj
 
 # Fixed samples: byte-level ids (BOS=256, EOS=257), different prompt and completion lengths.
 SAMPLES = [
@@ -124,6 +124,52 @@ def test_pg_null_advantage_contributes_nothing(h):
     assert rep["loss"] == 0.0 and rep["tokens"] == 0 and rep["samples"] == 0
     assert all(p.grad is None for p in model_obj(h).params.values())
     model_obj(h)._discard_grads()
+
+
+def _grads(h) -> dict:
+    g = {k: p.grad.clone() for k, p in model_obj(h).params.items() if p.grad is not None}
+    model_obj(h)._discard_grads()
+    return g
+
+
+def test_length_cut_text_samples_get_no_eos_and_an_empty_one_trains_nothing(h):
+    """A text sample cut at max_tokens did not end there: no EOS is appended (PROTOCOL.md);
+    one cut before its first token has no completion token, so it adds nothing to the
+    loss, the gradient or the token count, and a batch of only such samples is no error."""
+    cut = {"prompt": "sort 3 2 1 =", "text": " 1 2 3", "finish": "length"}
+    ended = {"prompt": "sort 3 2 1 =", "text": " 1 2 3", "finish": "stop"}
+    plain = {"prompt": "sort 3 2 1 =", "text": " 1 2 3"}
+    empty = {"prompt": "sort 3 2 1 =", "text": "", "finish": "length"}
+    lp = call(op="logprobs", model=h, samples=[cut, ended, plain, empty])["logprobs"]
+    assert [len(x) for x in lp] == [6, 7, 7, 0]
+    assert lp[0] == lp[1][:6]
+    for agg in ("token-mean", "seq-mean"):
+        norm = {"total_tokens": 6} if agg == "token-mean" else {"total_samples": 1}
+        alone = call(op="backward", model=h, samples=[cut], advantages=[1.0], agg=agg, **norm)
+        g_alone = _grads(h)
+        both = call(op="backward", model=h, samples=[empty, cut], advantages=[1.0, 1.0],
+                    agg=agg, **norm)
+        g_both = _grads(h)
+        assert both["tokens"] == alone["tokens"] == 6 and both["samples"] == 1
+        assert both["loss"] == alone["loss"] and math.isfinite(both["loss"])
+        assert set(g_both) == set(g_alone)
+        for k in g_alone:
+            torch.testing.assert_close(g_both[k], g_alone[k], rtol=0, atol=0)
+    # ppo: the empty one records no log-probs
+    rep = call(op="backward", model=h, loss="ppo", advantages=[1.0, 1.0],
+               samples=[{**empty, "logprobs": []}, {**cut, "logprobs": lp[0]}])
+    assert rep["tokens"] == 6 and rep["samples"] == 1
+    model_obj(h)._discard_grads()
+    # a micro-batch of nothing but empty samples: its token total is 0 and that is fine
+    rep = call(op="backward", model=h, samples=[empty], advantages=[1.0], total_tokens=0)
+    assert rep["loss"] == 0.0 and rep["tokens"] == 0 and rep["samples"] == 0
+    assert all(p.grad is None for p in model_obj(h).params.values())
+    # a total below this micro-batch's own tokens is a caller's mistake, not a loss scale
+    with pytest.raises(EngineFailed, match="total_tokens"):
+        call(op="backward", model=h, samples=[cut], advantages=[1.0], total_tokens=0)
+    assert all(p.grad is None for p in model_obj(h).params.values())
+    with pytest.raises(EngineFailed, match=r"samples\[1\]\.finish"):
+        call(op="logprobs", model=h, samples=[{**cut, "finish": 3}])
 
 
 @pytest.mark.parametrize("est", ["k1", "k3"])

@@ -56,6 +56,63 @@ t.test("zero-variance groups are reported, and skipped when asked", function()
   t.eq(info3.zero_var, 1)
 end)
 
+-- Field case: equal rewards whose mean does not round-trip (0.8 * 8 / 8 ~= 0.8 in
+-- doubles) left ~1e-32 of squared deviation, so `ss == 0` missed the constant group
+-- and its advantages came out ~1e-10 instead of being skipped.
+t.test("a group of equal rewards is zero-variance whatever the value", function()
+  for _, v in ipairs{0.8, 0.2, 0.4, 0.1, 0.7, 0.35, 0, 0.25, 0.5, 1, -3.3, 1e6 + 0.1, 1e-9} do
+    local r = {}
+    for i = 1, 8 do r[i] = v end
+    local adv, info = rl.advantages(r, {group = 8, skip_zero_var = true})
+    t.eq(info.zero_var, 1, ("zero_var for 8 x %.17g"):format(v))
+    t.eq(info.skipped, 8, ("skipped for 8 x %.17g"):format(v))
+    for i = 1, 8 do t.eq(adv[i], nil, ("advantage %d for 8 x %.17g"):format(i, v)) end
+    -- without skipping, every normalisation but "none" gives exactly 0
+    for _, o in ipairs{{}, {normalize = "mean"}, {baseline = "rloo"},
+                       {baseline = "rloo", normalize = "mean"}} do
+      o.group = 8
+      local a2 = rl.advantages(r, o)
+      for i = 1, 8 do t.eq(a2[i], 0.0, ("advantage %d for 8 x %.17g"):format(i, v)) end
+    end
+  end
+  -- equal up to the rounding of how they were computed (0.1 + 0.2 vs 0.3)
+  local _, info = rl.advantages({0.1 + 0.2, 0.3, 0.3, 0.1 + 0.2}, {group = 4})
+  t.eq(info.zero_var, 1, "0.1+0.2 and 0.3 are the same reward")
+  -- near zero the absolute floor decides: 5.5e-17 is rounding, not a signal
+  local _, info0 = rl.advantages({0.1 + 0.2 - 0.3, 0, 0, 0}, {group = 4})
+  t.eq(info0.zero_var, 1, "rounding residue near zero")
+end)
+
+t.test("small real differences are still a signal", function()
+  -- a KL-shaped reward: 0.8 - 0.02 * kl with kl differing by 1e-4
+  local r = {0.8 - 0.02 * 0.0101, 0.8 - 0.02 * 0.0102, 0.8 - 0.02 * 0.0103, 0.8 - 0.02 * 0.0104}
+  local adv, info = rl.advantages(r, {group = 4, skip_zero_var = true})
+  t.eq(info.zero_var, 0)
+  t.ok(adv[1] > 0 and adv[4] < 0, "the smallest penalty gets the largest advantage")
+  local _, info2 = rl.advantages({1e6, 1e6 + 1e-3, 1e6, 1e6}, {group = 4})
+  t.eq(info2.zero_var, 0, "1e-3 on 1e6 is a difference")
+  -- the tolerance can be set
+  local _, info3 = rl.advantages({1, 1.001, 1, 1}, {group = 4, rtol = 1e-2})
+  t.eq(info3.zero_var, 1, "rtol=1e-2 makes 1 and 1.001 equal")
+  t.raises(function() rl.advantages({1, 2}, {rtol = -1}) end, "rtol")
+  t.raises(function() rl.advantages({1, 2}, {atol = 0 / 0}) end, "atol")
+end)
+
+-- Field case: a reward of inf (10 / #text on an empty completion) made the whole
+-- group's advantages NaN without an error.
+t.test("non-finite rewards are refused with a value error", function()
+  for _, bad in ipairs{1 / 0, -1 / 0, 0 / 0} do
+    local e = t.raises(function() rl.advantages({bad, 0.5, 0.2, 0.1}, {group = 4}) end,
+                       "reward 1", "reward " .. tostring(bad))
+    t.eq(e.kind, "value")
+    t.match(e.message, "finite")
+  end
+  -- finite rewards whose statistics overflow must not leak NaN either
+  local e = t.raises(function() rl.advantages({1.7e308, -1.7e308, 1.7e308, 0}, {group = 4}) end,
+                     "finite")
+  t.eq(e.kind, "value")
+end)
+
 t.test("bad input raises kind=value naming the problem", function()
   local e = t.raises(function() rl.advantages({1, 2, 3}, {group = 2, n = 3}) end, "groups of 2")
   t.eq(e.kind, "value")

@@ -114,7 +114,7 @@ t.test("scorers: a raising scorer falls back for the whole batch", function()
   local r, info = fb:score({{text = "ab"}, {text = "abc"}})
   t.eq(r[1], 2); t.eq(r[2], 3)
   t.eq(info[1].source, "native"); t.eq(info[1].fallback, true); t.eq(info[1].status, "ok")
-  t.eq(fb:stats().failures.http, 1); t.eq(fb:stats().fallbacks, 2)
+  t.eq(fb:stats().failures.http, 2); t.eq(fb:stats().fallbacks, 2)  -- both count samples
 end)
 
 t.test("scorers: per-sample nil rewards fall through for just those samples", function()
@@ -145,6 +145,64 @@ t.test("scorers: a reward nobody could give stays nil with a typed reason", func
   t.eq(r[1], nil); t.eq(info[1].status, "error"); t.eq(info[1].kind, "timeout")
 end)
 
+-- A judge over a scripted endpoint: each request is one attempt of 10 prompt tokens
+-- and 2 completion tokens; `answer(completion)` gives the reply text or a failure.
+local function fake_judge(answer, cache)
+  local ep = {attempts = 0}
+  function ep:info() return {model = "fake", api = "openai-chat"} end
+  function ep:stats()
+    return {attempts = self.attempts, retries = 0, prompt_tokens = 10 * self.attempts,
+            completion_tokens = 2 * self.attempts}
+  end
+  function ep:chat(reqs)
+    local out = {}
+    for i, r in ipairs(reqs) do
+      self.attempts = self.attempts + 1
+      local c = r.messages[#r.messages].content:match("%[The Start of the Response%]\n(.-)\n%[The End")
+      local a = answer(c)
+      out[i] = type(a) == "table" and a or {ok = true, texts = {a}, finish = {"stop"}, attempts = 1,
+                                            latency_ms = 5}
+    end
+    return out
+  end
+  return rl.judge{endpoint = ep, cache = cache}, ep
+end
+
+-- Fault 9: info.summary through a chain said requests=0 while its judge made 8.
+t.test("info.summary through a chain totals its members' requests, tokens and hits", function()
+  local samples = {}
+  for i = 1, 8 do samples[i] = {prompt = "p", text = ("x"):rep(i)} end
+  local cache = os.tmpname()
+  os.remove(cache)
+  local judge = fake_judge(function(c) return c == "xxx" and "no score" or "[[5]]" end, cache)
+  local fb = quiet_chain{judge, function() return 0.5 end, names = {"judge", "native"}}
+  local r, info = rl.score(fb, samples)
+  t.eq(r[3], 0.5); t.eq(info[3].source, "native")
+  local sm = info.summary
+  t.eq(sm.requests, 8); t.eq(sm.cache_hits, 0); t.eq(sm.retries, 0)
+  t.eq(sm.prompt_tokens, 80); t.eq(sm.completion_tokens, 16)
+  t.ok(sm.latency_ms >= 5, "latency of the judge's requests: " .. tostring(sm.latency_ms))
+  t.eq(sm.ok, 8); t.eq(sm.failed, 0)
+  t.eq(rl.score_summary().requests, 8, "rl.score_summary() is the outer call's")
+  -- again: the 7 cached scores are hits, the unparsable one is asked again
+  local _, info2 = rl.score(fb, samples)
+  t.eq(info2.summary.cache_hits, 7); t.eq(info2.summary.requests, 1)
+  os.remove(cache); os.remove(cache .. "-wal"); os.remove(cache .. "-shm")
+  -- a judge that is down (raising through raise=true) still made its requests
+  local down = fake_judge(function()
+    return {ok = false, kind = "http", message = "503", retryable = true, attempts = 3}
+  end)
+  local fb2 = quiet_chain{down, function() return 1 end}
+  local _, info3 = rl.score(fb2, samples, {raise = true})
+  t.eq(info3.summary.requests, 8); t.eq(info3.summary.ok, 8)
+  -- nested: a chain inside a weighted sum inside a chain
+  local j4 = fake_judge(function() return "[[7]]" end)
+  local mix = rl.reward.mix{{quiet_chain{j4, function() return 0 end}, 0.5},
+                            {function() return 1 end, 0.5}}
+  local _, info4 = rl.score(quiet_chain{mix, function() return 0 end}, samples)
+  t.eq(info4.summary.requests, 8); t.eq(info4.summary.prompt_tokens, 80)
+end)
+
 t.test("a scorer returning all nils trips the breaker like a raising one", function()
   local now = 0
   local dead = {calls = 0}
@@ -156,8 +214,11 @@ t.test("a scorer returning all nils trips the breaker like a raising one", funct
   end
   local fb = quiet_chain{dead, function() return 1 end, breaker = {failures = 1, cooldown = 5},
                          clock = function() return now end}
-  fb:score({{text = "a"}}); fb:score({{text = "a"}})
+  fb:score({{text = "a"}, {text = "b"}}); fb:score({{text = "a"}})
   t.eq(dead.calls, 1); t.eq(fb:stats().breaker_trips, 1)
+  -- every sample it failed counts, as when only some fail (a judge whose every reply
+  -- was cut off must show in the metrics as that many parse failures, not one)
+  t.eq(fb:stats().failures.http, 2); t.eq(fb:stats().failures_by_source.source1.http, 2)
 end)
 
 t.test("one notice line on stderr the first time a fallback is taken", function()

@@ -204,6 +204,45 @@ else
   t.skip("embedded and worker give identical generations and losses", NO_EMBED)
 end
 
+-- Field case: model.lua forwarded only prompt, text and logprobs, so a text sample cut
+-- at max_tokens (finish="length") was scored and trained with an EOS it never had
+-- (7 tokens for " 1 2 3" instead of 6), on every op and both transports.
+t.test("a text sample cut at max_tokens gets no EOS, on every op and transport", function()
+  local cut = { prompt = "sort 3 2 1 =", text = " 1 2 3", finish = "length" }
+  local ended = { prompt = "sort 3 2 1 =", text = " 1 2 3", finish = "stop" }
+  local empty = { prompt = "sort 3 2 1 =", text = "", finish = "length" }
+  for _, m in ipairs { emb or false, wrk } do
+    if m then
+      local tr = m:_transport()
+      local lp = m:logprobs { cut, ended, { prompt = cut.prompt, text = cut.text } }
+      t.eq(#lp[1], 6, tr .. ": logprobs of the cut sample")
+      t.eq(#lp[2], 7, tr .. ": a sample that ended has its EOS")
+      t.eq(#lp[3], 7, tr .. ": text without finish ended naturally")
+      t.eq(#m:logprobs({ empty })[1], 0, tr .. ": an empty cut sample has no tokens")
+      local b = m:backward({ cut }, { loss = "pg", advantages = { 1 } })
+      t.eq(b.tokens, 6, tr .. ": backward")
+      b = m:backward({ ended }, { loss = "sft" })
+      t.eq(b.tokens, 7, tr .. ": backward, sft")
+      m:step {}
+      local st = m:train_step({ cut, empty }, { loss = "pg", advantages = { 1, -1 }, clip = 1.0 })
+      t.eq(st.tokens, 6, tr .. ": train_step; the empty cut sample adds no token")
+      t.eq(st.samples, 1, tr .. ": the empty cut sample trains nothing")
+      -- ppo reads the recorded log-probs: one per completion token, none for the empty one
+      local c2 = { prompt = cut.prompt, text = cut.text, finish = "length", logprobs = lp[1] }
+      local e2 = { prompt = cut.prompt, text = "", finish = "length", logprobs = {} }
+      b = m:backward({ c2, e2 }, { loss = "ppo", advantages = { 1, 1 } })
+      t.eq(b.tokens, 6, tr .. ": ppo"); t.eq(b.samples, 1, tr .. ": ppo samples")
+      m:step {}
+      -- a batch of nothing but empty cut samples: no loss, no NaN, the step still counts
+      b = m:backward({ empty }, { loss = "pg", advantages = { 1 }, total_tokens = 0 })
+      t.eq(b.tokens, 0, tr .. ": empty"); t.eq(b.samples, 0); t.eq(b.loss, 0.0)
+      st = m:step { clip = 1.0 }
+      t.eq(st.tokens, 0, tr .. ": step tokens"); t.eq(st.grad_norm, 0.0, tr .. ": no gradient")
+      t.ok(st.loss == st.loss, tr .. ": the step's loss is a number")
+    end
+  end
+end)
+
 -- Weight files the engine process `pid` exported (named rlengine-PID-...): other
 -- processes' exports (a concurrent engine test) do not count.
 local function shm_exports(pid)

@@ -189,6 +189,101 @@ t.test("mix: weighted sum; a missing part is a missing reward unless renormalize
   t.ok(math.abs(r[1] - 0.5) < 1e-12)
 end)
 
+-- Field case: `10 / #s.text` on an empty completion is inf, which was reported as
+-- status=ok and then turned a whole group's advantages into NaN.
+t.test("non-finite rewards are missing rewards of kind value, for every scorer", function()
+  local samples = { { text = "" }, { text = "ab" }, { text = "neg" }, { text = "nan" } }
+  local function f(s)
+    if s.text == "neg" then return -1 / 0 end
+    if s.text == "nan" then return 0 / 0 end
+    return 10 / #s.text
+  end
+  local function check(r, info, what, want2)
+    t.eq(r[1], nil, what .. ": inf"); t.eq(info[1].status, "error", what)
+    t.eq(info[1].kind, "value", what); t.match(info[1].message, "finite", what)
+    t.eq(r[2], want2 or 5.0, what .. ": a finite reward stays")
+    t.eq(r[3], nil, what .. ": -inf"); t.eq(info[3].kind, "value", what)
+    t.eq(r[4], nil, what .. ": nan"); t.eq(info[4].kind, "value", what)
+    t.eq(info.summary.ok, 1, what); t.eq(info.summary.failures.value, 3, what)
+  end
+  local r, info = rl.score(f, samples)
+  check(r, info, "function")
+  -- an object with :score (anything a recipe writes) goes through the same check
+  local obj = { score = function(_, ss)
+    local out = {}
+    for i, s in ipairs(ss) do out[i] = f(s) end
+    return out, {}
+  end }
+  r, info = rl.score(obj, samples)
+  check(r, info, "object")
+  -- a weighted sum: a part's inf is that part's missing reward, so the sum is missing
+  -- (renormalized: the other parts carry it)
+  r, info = rl.score(rl.reward.mix { { f, 0.5 }, { function() return 1 end, 0.5 } }, samples)
+  check(r, info, "mix", 3.0)
+  r = rl.score(rl.reward.mix { { f, 0.5 }, { function() return 1 end, 0.5 }, missing = "renormalize" },
+               samples)
+  t.eq(r[1], 1.0, "renormalized over the finite part")
+  t.raises(function() rl.reward.mix { { f, 1 / 0 } } end, "finite")
+  t.raises(function() rl.reward.mix { { f, 0 / 0 } } end, "finite")
+  -- a judge's parse function returning inf is outside any scale; the scale is finite
+  local ep = fake(function() return "whatever" end)
+  r, info = rl.score(rl.judge { endpoint = ep, parse = function() return 1 / 0 end }, { { text = "a" } })
+  t.eq(r[1], nil); t.eq(info[1].kind, "parse")
+  t.raises(function() rl.judge { endpoint = ep, scale = { 0, 1 / 0 } } end, "scale")
+  -- and the chain hands such a sample to its next scorer
+  local chain = rl.fallback { f, function() return 0.25 end, quiet = true }
+  r, info = rl.score(chain, samples)
+  t.eq(r[1], 0.25); t.eq(info[1].source, "source2"); t.eq(r[2], 5.0)
+  -- what rl.score returns feeds rl.advantages without error or NaN
+  local group = { { text = "" }, { text = "ab" }, { text = "a" }, { text = "abcd" } }
+  local adv = rl.advantages(rl.score(f, group), { group = 4, n = 4 })
+  t.eq(adv[1], nil)
+  for i = 2, 4 do t.ok(adv[i] == adv[i], "advantage " .. i .. " is a number") end
+end)
+
+-- Field case: a reply cut off at max_tokens mentions scores in passing ("a [[2]]
+-- would mean ..., while a [[9]] would mean") and was scored 0.9.
+local CUT = "The answer sorts the list. On this scale a [[2]] would mean mostly wrong, " ..
+            "while a [[9]] would mean"
+t.test("judge: a reply cut off at max_tokens has no verdict (kind parse, raw kept)", function()
+  local ep = fake(function(p)
+    if completion_of(p) == "cut" then
+      return { ok = true, texts = { CUT }, finish = { "length" }, attempts = 1, latency_ms = 1 }
+    end
+    return "Rating: [[9]]"
+  end)
+  local r, info = rl.score(rl.judge { endpoint = ep }, { { prompt = "p", text = "cut" },
+                                                         { prompt = "p", text = "whole" } })
+  t.eq(r[1], nil); t.eq(info[1].status, "error"); t.eq(info[1].kind, "parse")
+  t.eq(info[1].raw, CUT); t.match(info[1].message, "max_tokens")
+  t.eq(info[1].finish, "length")
+  t.eq(r[2], 8 / 9)
+  t.eq(info.summary.failures.parse, 1)
+  -- with votes, a cut-off vote does not count; the others decide
+  local n = 0
+  local ep2 = fake(function()
+    n = n + 1
+    if n == 2 then return { ok = true, texts = { CUT }, finish = { "length" }, attempts = 1 } end
+    return n == 1 and "[[4]]" or "[[6]]"
+  end)
+  r = rl.score(rl.judge { endpoint = ep2, votes = 3 }, { { text = "a" } })
+  t.eq(r[1], (5 - 1) / 9)
+  -- pairwise: a cut-off verdict is no verdict
+  local ep3 = fake(function(p)
+    local a = p:match("Assistant A's Answer%]\n(.-)\n")
+    if a == "x" then return { ok = true, texts = { "[[A]] is tempting but" }, finish = { "length" } } end
+    return "[[B]]"
+  end)
+  r, info = rl.score(rl.judge { endpoint = ep3, mode = "pairwise" },
+                     { { prompt = "p", text = "x" }, { prompt = "p", text = "y" } })
+  t.eq(r[1], nil); t.eq(info[1].kind, "parse"); t.match(info[1].message, "max_tokens")
+  t.eq(r[2], nil); t.eq(info[2].kind, "parse")
+  -- so a fallback chain takes over for just that sample
+  local chain = rl.fallback { rl.judge { endpoint = ep }, function() return 0.5 end, quiet = true }
+  r, info = rl.score(chain, { { prompt = "p", text = "cut" }, { prompt = "p", text = "whole" } })
+  t.eq(r[1], 0.5); t.eq(info[1].fallback, true); t.eq(r[2], 8 / 9)
+end)
+
 t.test("endpoint configuration errors", function()
   t.raises(function() rl.endpoint {} end, "url")
   t.raises(function() rl.endpoint { url = "ftp://x" } end, "http")

@@ -13,10 +13,25 @@ generator:
                as an HTTP-date), 500, 503, truncated (a body shorter than its
                Content-Length), ctype (200 with text/html), hang (no answer for
                hang_s seconds), reset (a partial status line then a TCP reset),
-               unparsable (a judge answer without a score)
+               unparsable (a judge answer without a score), max_tokens (an answer
+               cut off at the token limit: OpenAI finish_reason "length", Anthropic
+               stop_reason "max_tokens"; a judge answer then breaks off after naming
+               scores in passing, other answers lose their second half; not in the
+               default list)
   fail_first   the first N requests are faulted for sure, cycling through faults
   echo         (a fault kind) 400 whose body echoes the request headers, so a test
                can check that the client scrubs its key from error texts
+  echo_escaped (a fault kind) 400 whose error message quotes the key it got with
+               its first character \\u-escaped in the JSON body
+  echo_ctype   (a fault kind) 200 with a Content-Type that is not JSON and carries
+               the key it got (a header-ish echo that ends up in the error text)
+  echo_key     answers (judge or echo) start by quoting the key they got as
+               "Authorization: Bearer KEY", encoded so: "plain", "json_u" (every
+               character \\u-escaped in the JSON body), "json_mixed" (every other
+               character \\u-escaped), "split" (Anthropic: the key cut in two text
+               blocks, which the client joins; others: as json_mixed), "pct"
+               (percent-encoded in the text), "b64" (the text quotes
+               "Authorization: Basic base64(user:KEY)"); None: no echo
   ignore_n     answer one choice whatever n asks for (llama.cpp, Ollama)
   api_key      when set, a request without this key (Authorization: Bearer or
                x-api-key) gets 401 with an OpenAI-style body that quotes the key it got
@@ -31,6 +46,7 @@ GET /_stats returns the counters; POST /_config merges new settings (and with
 """
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import random
@@ -53,7 +69,14 @@ DEFAULTS = {
     "rule": "len10",
     "fail_first": 0,
     "api_key": None,
+    "echo_key": None,
 }
+
+# Faults that are answers (status 200, well-formed), not transport failures.
+ANSWER_FAULTS = ("unparsable", "max_tokens")
+CUT_JUDGE = ("The response addresses the prompt. On this scale a [[2]] would mean mostly "
+             "wrong, while a [[9]] would mean")
+CUT_PAIR = "Both have merit: [[A]] would mean the first is better, while [[B]] would mean"
 
 RESP_RE = re.compile(r"\[The Start of the Response\]\n(.*?)\n\[The End of the Response\]", re.S)
 PAIR_RE = re.compile(r"\[The Start of Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A's Answer\]"
@@ -87,6 +110,51 @@ def judge_answer(rule: str, prompt: str, unparsable: bool) -> str | None:
     else:
         score = 5
     return f"The response addresses the prompt; reasoning about quality.\n\nRating: [[{score}]]"
+
+
+def cut_off(answer: str, prompt: str) -> str:
+    """What a reply stopped at the token limit shows: a judge's reasoning broken off
+    after it named scores in passing; any other answer, its first half."""
+    if PAIR_RE.search(prompt):
+        return CUT_PAIR
+    if RESP_RE.search(prompt):
+        return CUT_JUDGE
+    return answer[:len(answer) // 2]
+
+
+def received_key(headers) -> str:
+    return headers.get("x-api-key") or (headers.get("Authorization") or "").removeprefix("Bearer ")
+
+
+def json_escaped(key: str, every: int) -> str:
+    """key as JSON string content with every `every`-th character \\u-escaped."""
+    return "".join(f"\\u{ord(c):04x}" if i % every == 0 else c for i, c in enumerate(key))
+
+
+def key_echo(mode: str | None, key: str) -> tuple[str, list[str]]:
+    """The text an echoing answer starts with, and (for "split") the cut pieces, for
+    a key echoed in `mode` (see the module doc)."""
+    if not mode or not key:
+        return "", []
+    if mode == "pct":
+        return "You sent Authorization: Bearer " + "".join(f"%{ord(c):02X}" for c in key) + ". ", []
+    if mode == "b64":
+        return "You sent Authorization: Basic " + base64.b64encode(f"user:{key}".encode()).decode() + ". ", []
+    text = f"You sent Authorization: Bearer {key}. "
+    if mode == "split":
+        h = len("You sent Authorization: Bearer ") + len(key) // 2
+        return text, [text[:h], text[h:]]
+    return text, []
+
+
+def encode_body(body: dict, mode: str | None, key: str) -> bytes:
+    """JSON for body, the echoed key written with the escapes `mode` asks for."""
+    data = json.dumps(body)
+    if key and mode == "json_u":
+        data = data.replace(key, json_escaped(key, 1))
+    elif key and mode in ("json_mixed", "split"):
+        data = data.replace(key, json_escaped(key, 2))
+    return data.encode()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -154,11 +222,13 @@ class Handler(BaseHTTPRequestHandler):
             self._send(400, b'{"error":{"message":"bad json"}}')
             return
         self.server.count("body_n", req.get("n", 1))
-        if fault and fault != "unparsable":
+        if fault and fault not in ANSWER_FAULTS:
             self.server.count("fault_" + fault)
             return self._fault(fault, cfg)
         self.server.count("ok_http")
-        self._answer(path, req, cfg, fault == "unparsable")
+        if fault == "max_tokens":
+            self.server.count("fault_max_tokens")
+        self._answer(path, req, cfg, fault == "unparsable", fault == "max_tokens")
 
     def _fault(self, fault: str, cfg):
         if fault == "429":
@@ -177,6 +247,15 @@ class Handler(BaseHTTPRequestHandler):
         elif fault == "echo":
             body = json.dumps({"error": {"message": "bad request", "headers": dict(self.headers)}})
             self._send(400, body.encode())
+        elif fault == "echo_escaped":
+            # Short, and only the first character escaped, so that the whole key fits in
+            # the excerpt of the body that error texts quote.
+            key = received_key(self.headers)
+            data = json.dumps({"error": {"message": f"Bad key {key}"}})
+            self._send(400, data.replace(key, json_escaped(key, max(len(key), 1))).encode())
+        elif fault == "echo_ctype":
+            self._send(200, b"<html>proxy login</html>",
+                       ctype=f"text/html; token={received_key(self.headers)}")
         elif fault == "ctype":
             self._send(200, b"<html><body>Bad gateway</body></html>", ctype="text/html")
         elif fault == "hang":
@@ -198,7 +277,9 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _answer(self, path: str, req: dict, cfg: dict, unparsable: bool):
+    def _answer(self, path: str, req: dict, cfg: dict, unparsable: bool, cut: bool = False):
+        key = received_key(self.headers) if cfg["echo_key"] else ""
+        echo, pieces = key_echo(cfg["echo_key"], key)
         if path.endswith("/messages"):
             text = " ".join(m["content"] if isinstance(m["content"], str) else
                             " ".join(b.get("text", "") for b in m["content"])
@@ -206,10 +287,14 @@ class Handler(BaseHTTPRequestHandler):
             ans = judge_answer(cfg["rule"], text, unparsable)
             if ans is None:
                 ans = "echo: " + text[-200:]
+            if cut:
+                ans = cut_off(ans, text)
+            blocks = [{"type": "text", "text": p} for p in pieces[:-1]] + \
+                [{"type": "text", "text": (pieces[-1] if pieces else echo) + ans}]
             body = {"id": "msg_test", "type": "message", "role": "assistant", "model": req.get("model"),
-                    "content": [{"type": "text", "text": ans}], "stop_reason": "end_turn",
+                    "content": blocks, "stop_reason": "max_tokens" if cut else "end_turn",
                     "usage": {"input_tokens": len(text) // 4 + 1, "output_tokens": len(ans) // 4 + 1}}
-            self._send(200, json.dumps(body).encode())
+            self._send(200, encode_body(body, cfg["echo_key"], key))
             return
         chat = path.endswith("/chat/completions")
         if chat:
@@ -220,19 +305,22 @@ class Handler(BaseHTTPRequestHandler):
         n = 1 if cfg["ignore_n"] else int(req.get("n", 1) or 1)
         ans = judge_answer(cfg["rule"], text, unparsable)
         choices = []
+        finish = "length" if cut else "stop"
         for i in range(n):
-            t = ans if ans is not None else f"echo {i}: {text[-200:]}"
+            t = echo + (ans if ans is not None else f"echo {i}: {text[-200:]}")
+            if cut:
+                t = cut_off(t, text)
             if chat:
                 choices.append({"index": i, "message": {"role": "assistant", "content": t},
-                                "finish_reason": "stop"})
+                                "finish_reason": finish})
             else:
-                choices.append({"index": i, "text": t, "finish_reason": "stop"})
+                choices.append({"index": i, "text": t, "finish_reason": finish})
         body = {"id": "cmpl-test", "object": "chat.completion" if chat else "text_completion",
                 "model": req.get("model"), "choices": choices,
                 "usage": {"prompt_tokens": len(text) // 4 + 1,
                           "completion_tokens": sum(len(c.get("text") or c["message"]["content"]) // 4 + 1
                                                    for c in choices)}}
-        self._send(200, json.dumps(body).encode())
+        self._send(200, encode_body(body, cfg["echo_key"], key))
 
 
 class Server(ThreadingHTTPServer):
