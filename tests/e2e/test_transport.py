@@ -35,10 +35,32 @@ print("generated " .. #s .. " interrupted=" .. tostring(rl.interrupted()))
 """
 
 
+_started: list[subprocess.Popen] = []
+
+
+def popen(args, **kw) -> subprocess.Popen:
+    """subprocess.Popen, remembered so that a failing test leaves no host running."""
+    p = subprocess.Popen(args, **kw)
+    _started.append(p)
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _no_host_left():
+    yield
+    while _started:
+        p = _started.pop()
+        if p.poll() is None:  # the test failed before it ended its host; its worker
+            kill_and_wait(p, signal.SIGKILL, what="a host the test left")  # dies with it
+        for f in (p.stdout, p.stderr):
+            if f:
+                f.close()
+
+
 def start(tmp_path, n: int) -> tuple[subprocess.Popen, int]:
     recipe = tmp_path / "recipe.lua"
     recipe.write_text(RECIPE % n)
-    p = subprocess.Popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, cwd=ROOT)
     line = p.stdout.readline()
     assert line.startswith("worker "), (line, p.stderr.read() if p.poll() is not None else "")
@@ -130,7 +152,7 @@ def test_sigkilled_host_takes_its_sandboxed_programs_along(tmp_path):
     # test's own TMPDIR, not in the /tmp other tests check.
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    p = subprocess.Popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp)))
     assert p.stdout.readline().strip() == "go"
     # the program itself (sleep) is running under the sandbox's processes
@@ -161,7 +183,7 @@ def test_embedded_python_leaves_sigint_to_the_host(tmp_path):
     the recipe through rl.interrupted(), not turned into a KeyboardInterrupt."""
     recipe = tmp_path / "embedded.lua"
     recipe.write_text(EMBEDDED_RECIPE)
-    p = subprocess.Popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, cwd=ROOT)
     assert p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGINT)
@@ -189,7 +211,7 @@ def test_second_sigint_interrupts_an_embedded_call(tmp_path):
     call ends with kind=interrupted long before the generate would have finished."""
     recipe = tmp_path / "long.lua"
     recipe.write_text(LONG_EMBEDDED)
-    p = subprocess.Popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, cwd=ROOT)
     assert p.stdout.readline().strip() == "ready"
     time.sleep(0.5)
@@ -329,7 +351,7 @@ def test_sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one(tm
     p = subprocess.run(args(ref), capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert p.returncode == 0, p.stderr
     run = tmp_path / "termed"
-    p = subprocess.Popen(args(run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = popen(args(run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          cwd=tmp_path, env=dict(os.environ, SLOW="1"))
     wait_for(lambda: p.poll() is not None or (run / "metrics.jsonl").exists()
              and len(metrics_of(run)) >= 2, 300, "step 2")
@@ -372,7 +394,7 @@ def sync_files(d) -> list[str]:
 def start_sync(tmp_path, env: dict) -> tuple[subprocess.Popen, int]:
     recipe = tmp_path / "sync.lua"
     recipe.write_text(SYNC_RECIPE)
-    p = subprocess.Popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = popen([RLHOST, str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, cwd=tmp_path, env=dict(os.environ, **env))
     line = p.stdout.readline()
     assert line.startswith("worker "), (line, p.stderr.read() if p.poll() is not None else "")
