@@ -152,7 +152,7 @@ size_t json_utf8_len(const unsigned char *s, size_t n)
     return 4;
 }
 
-int json_write_string(jbuf *b, const char *s, size_t n, int replace, size_t *bad_at)
+int json_write_string(jbuf *b, const char *s, size_t n, int bad_utf8, size_t *bad_at)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *)s;
@@ -194,7 +194,13 @@ int json_write_string(jbuf *b, const char *s, size_t n, int replace, size_t *bad
             memcpy(o, s + i, k);
             o += k;
             i += k;
-        } else if (replace) {
+        } else if (bad_utf8 == JSON_UTF8_ESCAPE) {
+            memcpy(o, "\\udc", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+            o += 6;
+            i++;
+        } else if (bad_utf8 == JSON_UTF8_REPLACE) {
             memcpy(o, "\xEF\xBF\xBD", 3);
             o += 3;
             i++;
@@ -329,7 +335,50 @@ static size_t utf8_encode(char *o, unsigned cp)
     return 4;
 }
 
+/* The \uXXXX escape (or surrogate pair) at s[p]: append its UTF-8 (or, with `bytes`,
+ * the raw byte of a \udc80..\udcff surrogate escape) and set *used to its length. */
+static int scan_u_escape(const char *s, size_t n, size_t p, jbuf *out, const char **why,
+                         int bytes, size_t *used)
+{
+    unsigned cp, lo;
+    if (p + 6 > n || hex4(s + p + 2, &cp)) {
+        *why = "bad \\u escape";
+        return JSON_ESYNTAX;
+    }
+    *used = 6;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (p + 12 > n || s[p + 6] != '\\' || s[p + 7] != 'u' || hex4(s + p + 8, &lo) ||
+            lo < 0xDC00 || lo > 0xDFFF) {
+            *why = "lone UTF-16 surrogate in \\u escape";
+            return JSON_ESYNTAX;
+        }
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        *used = 12;
+    } else if (bytes && cp >= 0xDC80 && cp <= 0xDCFF) {
+        if (jbuf_putc(out, (char)(cp & 0xFF))) { /* surrogateescape: a raw byte */
+            *why = "out of memory";
+            return JSON_ENOMEM;
+        }
+        return JSON_OK;
+    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+        *why = "lone UTF-16 surrogate in \\u escape";
+        return JSON_ESYNTAX;
+    }
+    char enc[4];
+    if (jbuf_put(out, enc, utf8_encode(enc, cp))) {
+        *why = "out of memory";
+        return JSON_ENOMEM;
+    }
+    return JSON_OK;
+}
+
 int json_scan_string(const char *s, size_t n, size_t *pos, jbuf *out, const char **why)
+{
+    return json_scan_string_ex(s, n, pos, out, why, 0);
+}
+
+int json_scan_string_ex(const char *s, size_t n, size_t *pos, jbuf *out, const char **why,
+                        int bytes)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t p = *pos + 1; /* past the opening quote */
@@ -388,31 +437,11 @@ int json_scan_string(const char *s, size_t n, size_t *pos, jbuf *out, const char
         case 'r': ch = '\r'; break;
         case 't': ch = '\t'; break;
         case 'u': {
-            unsigned cp, lo;
-            if (p + 6 > n || hex4(s + p + 2, &cp)) {
-                *why = "bad \\u escape";
+            size_t used = 0;
+            int rc = scan_u_escape(s, n, p, out, why, bytes, &used);
+            if (rc) {
                 *pos = p;
-                return JSON_ESYNTAX;
-            }
-            size_t used = 6;
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                if (p + 12 > n || s[p + 6] != '\\' || s[p + 7] != 'u' ||
-                    hex4(s + p + 8, &lo) || lo < 0xDC00 || lo > 0xDFFF) {
-                    *why = "lone UTF-16 surrogate in \\u escape";
-                    *pos = p;
-                    return JSON_ESYNTAX;
-                }
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                used = 12;
-            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                *why = "lone UTF-16 surrogate in \\u escape";
-                *pos = p;
-                return JSON_ESYNTAX;
-            }
-            char enc[4];
-            if (jbuf_put(out, enc, utf8_encode(enc, cp))) {
-                *why = "out of memory";
-                return JSON_ENOMEM;
+                return rc;
             }
             p += used;
             continue;

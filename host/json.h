@@ -45,10 +45,17 @@ int json_write_double(jbuf *b, double v);
 /* Non-finite doubles as Python's json writes them (NaN, Infinity, -Infinity); only for
  * the engine channel, whose decoder accepts them. */
 int json_write_nonfinite(jbuf *b, double v);
+/* What json_write_string does with bytes that are not UTF-8. */
+enum {
+    JSON_UTF8_STRICT = 0,  /* JSON_EUTF8 (with *bad_at = its offset) */
+    JSON_UTF8_REPLACE = 1, /* each bad byte becomes U+FFFD (lossy) */
+    JSON_UTF8_ESCAPE = 2,  /* each bad byte XX becomes \udcXX, a lone low surrogate
+                              (PEP 383 surrogateescape: Python's os functions turn it
+                              back into the byte); lossless, for paths to the engine */
+};
 /* A quoted JSON string. Control characters, '"' and '\\' are escaped; other bytes
- * pass through. Invalid UTF-8 is JSON_EUTF8 (with *bad_at = its offset) unless
- * `replace` is set, in which case each bad byte becomes U+FFFD. */
-int json_write_string(jbuf *b, const char *s, size_t n, int replace, size_t *bad_at);
+ * pass through; invalid UTF-8 as `bad_utf8` (a JSON_UTF8_* value) says. */
+int json_write_string(jbuf *b, const char *s, size_t n, int bad_utf8, size_t *bad_at);
 
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 if the bytes there are not
  * one (overlong forms, surrogates and code points above U+10FFFF are invalid). */
@@ -65,6 +72,10 @@ size_t json_utf8_len(const unsigned char *s, size_t n);
 int json_scan_number(const char *s, size_t n, size_t *pos, int *is_int, long long *iv,
                      double *dv, const char **why);
 int json_scan_string(const char *s, size_t n, size_t *pos, jbuf *out, const char **why);
+/* json_scan_string that also takes a lone \udc80..\udcff escape as the raw byte 0x80..0xff
+ * (the inverse of JSON_UTF8_ESCAPE) when `bytes` is set. */
+int json_scan_string_ex(const char *s, size_t n, size_t *pos, jbuf *out, const char **why,
+                        int bytes);
 /* Skip JSON whitespace. */
 size_t json_skip_ws(const char *s, size_t n, size_t pos);
 

@@ -91,11 +91,17 @@ static void enc_newline(Enc *e)
 
 static void enc_value(Enc *e, int idx);
 
+static int bad_utf8_mode(int flags)
+{
+    return flags & LJSON_BYTES ? JSON_UTF8_ESCAPE
+           : flags & LJSON_REPLACE_UTF8 ? JSON_UTF8_REPLACE : JSON_UTF8_STRICT;
+}
+
 static void enc_string(Enc *e, int idx)
 {
     size_t n, bad = 0;
     const char *s = lua_tolstring(e->L, idx, &n);
-    int rc = json_write_string(e->b, s, n, e->flags & LJSON_REPLACE_UTF8, &bad);
+    int rc = json_write_string(e->b, s, n, bad_utf8_mode(e->flags), &bad);
     if (rc == JSON_EUTF8) {
         char d[32];
         snprintf(d, sizeof d, "%zu", bad);
@@ -120,7 +126,7 @@ static void enc_pair(Enc *e, int first, int t, const char *k, size_t kl)
     e->path[e->depth - 1].key = k;
     e->path[e->depth - 1].klen = kl;
     size_t bad;
-    int rc = json_write_string(e->b, k, kl, e->flags & LJSON_REPLACE_UTF8, &bad);
+    int rc = json_write_string(e->b, k, kl, bad_utf8_mode(e->flags), &bad);
     if (rc == JSON_EUTF8)
         enc_fail(e, "%s", "invalid UTF-8 in an object key");
     enc_mem(e, rc);
@@ -227,7 +233,7 @@ static void enc_table(Enc *e, int t)
             e->path[e->depth - 1].key = k;
             e->path[e->depth - 1].klen = kl;
             size_t bad;
-            int rc = json_write_string(e->b, k, kl, e->flags & LJSON_REPLACE_UTF8, &bad);
+            int rc = json_write_string(e->b, k, kl, bad_utf8_mode(e->flags), &bad);
             if (rc == JSON_EUTF8)
                 enc_fail(e, "%s", "invalid UTF-8 in an object key");
             enc_mem(e, rc);
@@ -365,7 +371,7 @@ static void dec_string(Dec *d)
     const char *why = NULL;
     d->sb->len = 0;
     size_t pos = d->pos;
-    int rc = json_scan_string(s, d->n, &pos, d->sb, &why);
+    int rc = json_scan_string_ex(s, d->n, &pos, d->sb, &why, d->flags & LJSON_BYTES);
     if (rc == JSON_ENOMEM)
         luaL_error(d->L, "not enough memory");
     if (rc)

@@ -323,7 +323,7 @@ static void worker_exchange(lua_State *L, Model *m, lua_Integer id, const char *
             continue;
         /* The line lives in the proc's buffer, which the handle owns: a parse error
          * raised here leaks nothing. */
-        ljson_decode(L, line, n, LJSON_NONFINITE);
+        ljson_decode(L, line, n, LJSON_NONFINITE | LJSON_BYTES);
         int isreply = 0;
         if (lua_istable(L, -1)) {
             isreply = lua_getfield(L, -1, "ok") == LUA_TBOOLEAN;
@@ -372,9 +372,10 @@ static void start_worker(lua_State *L, Model *m, const char *op)
     snprintf(python, sizeof python, "%s/bin/python", m->venv);
     snprintf(pypath, sizeof pypath, "PYTHONPATH=%s", m->scripts);
     py_argv[0] = python;
-    /* Offline by design; the hash seed matches the embedded interpreter's. */
+    /* Offline by design; the hash seed and UTF-8 mode (paths) match the embedded
+     * interpreter's (py.c). */
     const char *env[] = {pypath, "HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1",
-                         "PYTHONHASHSEED=0", "PYTHONNOUSERSITE=1", NULL};
+                         "PYTHONHASHSEED=0", "PYTHONNOUSERSITE=1", "PYTHONUTF8=1", NULL};
     proc_params prm;
     proc_default_params(&prm);
     prm.argv = py_argv;
@@ -391,7 +392,7 @@ static void start_worker(lua_State *L, Model *m, const char *op)
     lua_Integer id = ++m->next_id;
     lua_pushinteger(L, id);
     lua_setfield(L, -2, "id");
-    ljson_encode(L, -1, 0, NULL);
+    ljson_encode(L, -1, LJSON_BYTES, NULL);
     double t = m->timeout > 0 ? fmax(m->timeout, LOAD_FLOOR_S) : 0;
     worker_exchange(L, m, id, "load (restarting the worker)", t);
     int reply = lua_gettop(L);
@@ -448,7 +449,7 @@ static void exchange(lua_State *L, Model *m, int idx, const char *op, double tim
         lua_setfield(L, idx, "model");
     }
     size_t len;
-    const char *text = ljson_encode(L, idx, 0, &len);
+    const char *text = ljson_encode(L, idx, LJSON_BYTES, &len);
     if (m->transport == T_WORKER) {
         worker_exchange(L, m, id, op, timeout);
     } else {
@@ -461,7 +462,7 @@ static void exchange(lua_State *L, Model *m, int idx, const char *op, double tim
         lua_pop(L, 1);
         if (rc != PY_OK)
             raise_kind(L, "internal", 0, "%s: %s", op, err);
-        ljson_decode(L, m->reply, rlen, LJSON_NONFINITE);
+        ljson_decode(L, m->reply, rlen, LJSON_NONFINITE | LJSON_BYTES);
         free(m->reply);
         m->reply = NULL;
     }

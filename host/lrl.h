@@ -41,6 +41,9 @@ int luaopen_rl_service(lua_State *L); /* host/lservice.c */
 #define LJSON_SORT_KEYS 1    /* objects with keys in byte order (reproducible output) */
 #define LJSON_NONFINITE 2    /* NaN/Infinity allowed (the engine channel only) */
 #define LJSON_REPLACE_UTF8 4 /* invalid UTF-8 becomes U+FFFD instead of an error */
+/* Strings are bytes (the engine channel: paths): invalid UTF-8 is written as \udcXX
+ * escapes and such escapes read back as the bytes, Python's surrogateescape. */
+#define LJSON_BYTES 8
 const char *ljson_encode(lua_State *L, int idx, int flags, size_t *len);
 void ljson_decode(lua_State *L, const char *s, size_t n, int flags);
 

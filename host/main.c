@@ -1,6 +1,7 @@
 /* main.c — the rlhost command line: run a recipe, a chunk, standard input or a REPL,
  * with typed key=value settings for rl.config. Exit statuses: 0 ok, 1 runtime error,
- * 2 usage/configuration/load error, 130 interrupted. */
+ * 2 usage/configuration/load error, 128 + the signal when stopped by SIGINT (130),
+ * SIGTERM (143) or SIGHUP (129). */
 #include <errno.h>
 #include <lauxlib.h>
 #include <limits.h>
@@ -43,7 +44,9 @@ static const char usage_text[] =
     "  0    success\n"
     "  1    runtime error in the recipe\n"
     "  2    usage or configuration error, or a recipe that does not load\n"
-    "  130  interrupted (the first Ctrl-C lets the recipe checkpoint and stop)\n";
+    "  130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM, 129 by SIGHUP: the first\n"
+    "       signal lets the recipe finish its step, checkpoint and stop; a second one\n"
+    "       stops it at once\n";
 
 static void print_version(void)
 {
@@ -275,7 +278,7 @@ int main(int argc, char **argv)
     }
 done:
     if (rc == EXIT_OK && sig_level() > 0)
-        rc = EXIT_INTERRUPTED; /* the recipe stopped cleanly after a Ctrl-C */
+        rc = sig_exit_status(); /* the recipe stopped cleanly after a signal */
     fflush(stdout);
     rt_close(L);
     return rc;

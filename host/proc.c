@@ -372,23 +372,23 @@ static int set_nonblock(int fd)
     return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
-/* environ with `set` entries replacing same-named ones; a malloc'd array of borrowed
- * strings. */
-static char **build_env(const char *const *set)
+/* environ with `set` entries, then `own`, replacing same-named ones; a malloc'd array
+ * of borrowed strings. */
+static char **build_env(const char *const *set, const char *own)
 {
     size_t ne = 0, ns = 0;
     while (environ && environ[ne])
         ne++;
     while (set && set[ns])
         ns++;
-    char **env = malloc((ne + ns + 1) * sizeof *env);
+    char **env = malloc((ne + ns + 2) * sizeof *env);
     if (!env)
         return NULL;
     size_t k = 0;
     for (size_t i = 0; i < ne; i++) {
         const char *eq = strchr(environ[i], '=');
         size_t nl = eq ? (size_t)(eq - environ[i]) : strlen(environ[i]);
-        int replaced = 0;
+        int replaced = strncmp(own, environ[i], nl) == 0 && own[nl] == '=';
         for (size_t j = 0; j < ns && !replaced; j++)
             replaced = strncmp(set[j], environ[i], nl) == 0 && set[j][nl] == '=';
         if (!replaced)
@@ -396,8 +396,37 @@ static char **build_env(const char *const *set)
     }
     for (size_t j = 0; j < ns; j++)
         env[k++] = (char *)set[j];
+    env[k++] = (char *)own;
     env[k] = NULL;
     return env;
+}
+
+/* The child's side of a spawn: pipes onto 0..2, no other inherited descriptor, its
+ * working directory, its own process group, default signal dispositions and mask. */
+static void spawn_actions(posix_spawn_file_actions_t *fa, posix_spawnattr_t *at,
+                          const proc_params *p, int in0, int out1, int err1)
+{
+    posix_spawn_file_actions_adddup2(fa, in0, 0);
+    posix_spawn_file_actions_adddup2(fa, out1, 1);
+    posix_spawn_file_actions_adddup2(fa, err1, 2);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    /* Descriptors the host opened without close-on-exec (Lua's io.open does) must
+     * not leak into a long-lived child. */
+    posix_spawn_file_actions_addclosefrom_np(fa, 3);
+#endif
+    if (p->cwd)
+        posix_spawn_file_actions_addchdir_np(fa, p->cwd);
+    /* Own process group: a terminal Ctrl-C reaches the host, not the child, and a
+     * kill of the group also ends anything the child started. Signal dispositions
+     * and mask start from the defaults, whatever the host set for itself. */
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setpgroup(at, 0);
+    posix_spawnattr_setsigmask(at, &none);
+    posix_spawnattr_setsigdefault(at, &all);
+    posix_spawnattr_setflags(at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                     POSIX_SPAWN_SETSIGDEF);
 }
 
 int proc_spawn(proc **out, const proc_params *p, char *err, size_t errlen)
@@ -429,7 +458,11 @@ int proc_spawn(proc **out, const proc_params *p, char *err, size_t errlen)
         rc = fail(err, errlen, PROC_EIO, "cannot make pipes for %s: %s", p->argv[0]);
         goto out;
     }
-    env = build_env(p->env);
+    /* posix_spawn cannot arm PR_SET_PDEATHSIG in the child; a child that can (the
+     * engine worker) arms it itself and checks its parent is still this pid. */
+    char parent[48];
+    snprintf(parent, sizeof parent, "RLHOST_PARENT_PID=%ld", (long)getpid());
+    env = build_env(p->env, parent);
     if (!env || posix_spawn_file_actions_init(&fa) != 0) {
         snprintf(err, errlen, "out of memory");
         rc = PROC_ENOMEM;
@@ -442,27 +475,7 @@ int proc_spawn(proc **out, const proc_params *p, char *err, size_t errlen)
         goto out;
     }
     at_ok = 1;
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, outp[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, errp[1], 2);
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
-    /* Descriptors the host opened without close-on-exec (Lua's io.open does) must
-     * not leak into a long-lived child. */
-    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-#endif
-    if (p->cwd)
-        posix_spawn_file_actions_addchdir_np(&fa, p->cwd);
-    /* Own process group: a terminal Ctrl-C reaches the host, not the child, and a
-     * kill of the group also ends anything the child started. Signal dispositions
-     * and mask start from the defaults, whatever the host set for itself. */
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setpgroup(&at, 0);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &all);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
+    spawn_actions(&fa, &at, p, in[0], outp[1], errp[1]);
     int e = posix_spawn(&pr->pid, p->argv[0], &fa, &at, (char *const *)p->argv, env);
     if (e != 0) {
         errno = e;
@@ -528,7 +541,7 @@ static ssize_t write_nosigpipe(int fd, const void *buf, size_t n)
 static int wait_status(proc *pr, int64_t deadline_ms, char *err, size_t errlen)
 {
     if (sig_level() >= 2) {
-        snprintf(err, errlen, "interrupted by a second SIGINT");
+        snprintf(err, errlen, "interrupted by a second signal (SIGINT, SIGTERM or SIGHUP)");
         return PROC_EINTR;
     }
     if (deadline_ms >= 0 && proc_now_ms() >= deadline_ms) {

@@ -4,7 +4,10 @@
  * engine worker speaks JSON Lines) and its stderr read line by line, each line handed
  * to a log callback and kept in a ring of the last PROC_TAIL_LINES lines for crash
  * reports. The child runs in its own process group, so a Ctrl-C at the terminal
- * reaches the host only; the host decides when the child stops.
+ * reaches the host only; the host decides when the child stops. The child's
+ * environment has RLHOST_PARENT_PID=<the host's pid>: posix_spawn cannot arm
+ * PR_SET_PDEATHSIG, so a child that must not outlive a host killed by SIGKILL arms
+ * it itself and exits if getppid() already differs (scripts/rlengine/worker.py).
  *
  * Every wait polls in bounded slices and gives up with PROC_EINTR once sig_level()
  * (host/sig.h) reaches 2. Every descriptor is close-on-exec. SIGPIPE never reaches
@@ -21,7 +24,7 @@ enum {
     PROC_ENOMEM = -1,   /* allocation failed */
     PROC_ESPAWN = -2,   /* the child could not be started (err says why) */
     PROC_ETIMEOUT = -3, /* the deadline passed before a whole line arrived */
-    PROC_EINTR = -4,    /* a second SIGINT (sig_level() >= 2) ended the wait */
+    PROC_EINTR = -4,    /* a second SIGINT/SIGTERM/SIGHUP (sig_level() >= 2) ended it */
     PROC_EDEAD = -5,    /* the child closed its stdout or died; see proc_exit_text() */
     PROC_ELONG = -6,    /* a line longer than max_line (the rest of it is dropped) */
     PROC_EIO = -7,      /* a system call failed (err says which) */

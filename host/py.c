@@ -26,11 +26,11 @@ static char init_err[1024]; /* why it failed */
 static PyObject *call_fn;   /* the engine's call(request_json) */
 static PyObject *close_fn;  /* its close_all(), or NULL */
 
-/* A second Ctrl-C must end an embedded call as it ends a wait on a worker, but the
- * call runs on this thread inside the interpreter, and the interpreter has no SIGINT
- * handler of its own (SIGINT belongs to host/sig.c). So a watcher thread looks at
- * sig_level() while a call is in flight and, at level 2, raises KeyboardInterrupt in
- * the calling thread (PyThreadState_SetAsyncExc); the engine turns it into an error
+/* A second Ctrl-C (or SIGTERM, SIGHUP) must end an embedded call as it ends a wait on
+ * a worker, but the call runs on this thread inside the interpreter, and the
+ * interpreter has no signal handlers of its own (they belong to host/sig.c). So a
+ * watcher thread looks at sig_level() while a call is in flight and, at level 2,
+ * raises KeyboardInterrupt in the calling thread (PyThreadState_SetAsyncExc); the engine turns it into an error
  * reply of kind "interrupted" at its next bytecode. in_call and caller_tid change only
  * with the GIL held, and the watcher reads them with the GIL held, so an exception
  * can never be aimed at a call that has already returned. Calls made after the
@@ -120,9 +120,24 @@ static int start(const py_params *p)
     /* Isolated: the user's PYTHONPATH, PYTHONHOME, PYTHONHASHSEED and user site do not
      * apply, so the embedded engine sees exactly what the worker started with
      * <venv>/bin/python sees (the worker gets PYTHONHASHSEED=0 to match). */
+    /* UTF-8 mode (PEP 540): paths are bytes to Linux and UTF-8 text to the engine,
+     * decoded with surrogateescape, so every byte a path can hold round-trips (a
+     * UTF-8 name like 'runs/rün ✓' as itself, any other byte as U+DC80..U+DCFF). An
+     * isolated pre-config would otherwise take the locale's encoding, and the host
+     * never calls setlocale: ASCII, whatever LANG says. The worker gets PYTHONUTF8=1
+     * (lmodel.c), so both transports read paths alike. */
+    PyPreConfig pre;
+    PyPreConfig_InitIsolatedConfig(&pre);
+    pre.utf8_mode = 1;
+    PyStatus pst = Py_PreInitialize(&pre);
+    if (PyStatus_Exception(pst)) {
+        snprintf(init_err, sizeof init_err, "cannot pre-initialise the embedded Python: %.200s",
+                 pst.err_msg ? pst.err_msg : "unknown error");
+        return PY_EINIT;
+    }
     PyConfig cfg;
     PyConfig_InitIsolatedConfig(&cfg);
-    cfg.install_signal_handlers = 0; /* SIGINT stays with host/sig.c */
+    cfg.install_signal_handlers = 0; /* SIGINT, SIGTERM, SIGHUP stay with host/sig.c */
     cfg.use_hash_seed = 1;
     cfg.hash_seed = 0;
     cfg.site_import = 1;

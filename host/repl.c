@@ -2,6 +2,7 @@
 #include "repl.h"
 
 #include <lauxlib.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +135,8 @@ void repl_run(lua_State *L)
         else
             rt_report(L, status);
         lua_settop(L, 0);
+        if (sig_first() == SIGTERM || sig_first() == SIGHUP)
+            break; /* asked to end the session (main exits 143/129), not the command */
         sig_reset(); /* Ctrl-C stopped that command, not the session */
     }
     if (isatty(STDIN_FILENO))

@@ -1,5 +1,5 @@
 /* runtime.c — see runtime.h. Modelled on lua.c: every call is protected, the message
- * handler adds a traceback, a second SIGINT stops Lua through a hook. */
+ * handler adds a traceback, a second SIGINT, SIGTERM or SIGHUP stops Lua through a hook. */
 #include "runtime.h"
 
 #include <lauxlib.h>
@@ -53,18 +53,19 @@ static int l_panic(lua_State *L)
     return 0; /* then abort(), as lua does */
 }
 
-static lua_State *volatile active; /* the state a second SIGINT stops */
+static lua_State *volatile active; /* the state a second signal stops */
 
 static void stop_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     lua_sethook(L, NULL, 0, 0);
-    rl_pusherror(L, 1, "interrupted", 0, "interrupted by a second SIGINT");
+    rl_pusherror(L, 1, "interrupted", 0, "interrupted by a second signal (the first was SIG%s)",
+                 sig_first_name());
     lua_error(L);
 }
 
 /* Runs inside the signal handler: lua_sethook is async-signal-safe (see lua.c). */
-static void on_second_sigint(void)
+static void on_second_signal(void)
 {
     if (active)
         lua_sethook(active, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
@@ -129,7 +130,7 @@ int rt_report(lua_State *L, int status)
     if (kind && (strcmp(kind, "config") == 0 || strcmp(kind, "usage") == 0))
         code = EXIT_USAGE;
     else if (kind && strcmp(kind, "interrupted") == 0)
-        code = EXIT_INTERRUPTED;
+        code = sig_exit_status(); /* 130 for SIGINT (or none), 143 SIGTERM, 129 SIGHUP */
     const char *msg;
     int has_tostring = luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL;
     if (has_tostring)
@@ -229,7 +230,7 @@ lua_State *rt_new(const char *home, const char *script_dir, size_t mem_limit)
         rt_close(L);
         return NULL;
     }
-    sig_install(on_second_sigint);
+    sig_install(on_second_signal);
     return L;
 }
 

@@ -361,15 +361,30 @@ static _Noreturn void run_init(const Child *c, pid_t prog)
     }
 }
 
+/* SIGKILL when the parent dies (a host killed by SIGKILL cannot clean up), and exit
+ * now if it already has: the check closes the window between fork and prctl. A
+ * parent outside the child's PID namespace shows as 0 and cannot be checked. */
+static void die_with_parent(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (parent && getppid() != parent)
+        _exit(127);
+}
+
+static pid_t host_pid; /* set before fork, read by the child */
+
 static void child_stdio(const Child *c)
 {
     setpgid(0, 0);
+    die_with_parent(host_pid);
     if (dup2(c->in, 0) < 0 || dup2(c->out, 1) < 0 || dup2(c->err, 2) < 0)
         _exit(127);
     /* The middle and init never exec, so close-on-exec does not help them: the
      * host's end of the stdin pipe must go now or the program never sees EOF. */
     close_from(3, c->st);
     signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL); /* the host's handlers (sig.c) must not run in the middle */
+    signal(SIGHUP, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
     signal(SIGXFSZ, SIG_DFL); /* the host ignores it; ignored stays ignored across exec */
     sigset_t none;
@@ -391,6 +406,8 @@ static _Noreturn void run_child(const Child *c)
     }
     isolate_fs(c);
     pid_t init = fork();
+    if (init == 0) /* init's end ends the namespace, and with it the program */
+        die_with_parent(0); /* the middle is outside init's PID namespace */
     if (init < 0)
         fail_setup(c->st);
     if (init > 0) { /* middle: wait for init, exit like it */
@@ -556,6 +573,7 @@ static int start(Run *R, Child *c, char *err, size_t errlen)
     c->err = fds[5];
     c->st = fds[7];
     R->t0 = now_ms();
+    host_pid = getpid();
     R->pid = fork();
     if (R->pid < 0) {
         snprintf(err, errlen, "fork: %s", strerror(errno));

@@ -54,7 +54,8 @@ local function stage(name, recipe, settings)
   local wall, cpu = rl.fs.monotonic() - t0, children_cpu()
   if not ok then
     local status = how == "exit" and code or 128 + code
-    if status == 130 or how == "signal" and code == 2 then
+    -- 130/143/129: the stage checkpointed after SIGINT/SIGTERM/SIGHUP (or died by one)
+    if status == 130 or status == 143 or status == 129 then
       error(rl.error{kind = "interrupted", where = "demo: ",
                      message = name .. " interrupted; run the demo again to resume"}, 0)
     end

@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import tempfile
-import uuid
 from typing import Any
 
 import numpy as np
@@ -36,9 +35,9 @@ from .errors import ConfigError, EngineIOError, NonFiniteError, StateError
 from .cores import available_cores
 from .torch_precision import (Checkpointing, adamw_kernel, entropy_sum, keeps_position_mask,
                               resolve as resolve_precision)
-from .torch_io import (check_safetensors_file, corrupt_error, export_weights, forget,
-                       import_weights, load_safetensors, read_safetensors_into,
-                       write_safetensors)
+from .torch_io import (ExportFile, check_safetensors_file, corrupt_error, export_weights,
+                       forget, import_weights, load_safetensors, read_safetensors_into,
+                       sweep_at_start, write_safetensors)
 from .torch_models import BUILTIN_CONFIGS, GPT, ByteTokenizer, build
 from . import model_path, torch_export, torch_lora
 
@@ -57,30 +56,8 @@ def error_kind(exc: BaseException) -> str | None:
 
 
 def load(opts: dict) -> TorchModel:
+    sweep_at_start()  # files that engines which died left in /dev/shm go (torch_io)
     return TorchModel(opts)
-
-
-def remove_stale_exports(base: str) -> None:
-    """Remove default export files left by engine processes that died (SIGKILL, OOM
-    killer): in /dev/shm they would hold memory until reboot. A file is stale when the
-    pid in its name is not running; a live pid (even a reused one) keeps it."""
-    for path in glob.glob(os.path.join(base, "rlengine-*-*.safetensors")):
-        try:
-            pid = int(os.path.basename(path).split("-")[1])
-        except ValueError:
-            continue
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            try:
-                os.unlink(path)
-                log.info("removed stale export %s", path)
-            except OSError:
-                pass
-        except PermissionError:  # alive, another user's
-            pass
 
 
 def _fsync_dir(path: str) -> None:
@@ -374,7 +351,7 @@ class TorchModel:
         self.scaler = self.prec.grad_scaler()
         self.version = 0
         self.steps = 0
-        self.export_path: str | None = None
+        self.export_file = ExportFile()
         self.imported: set[str] = set()
         self._reset_accum()
 
@@ -1034,21 +1011,14 @@ class TorchModel:
 
     def export(self, o: dict) -> dict:
         path = o["path"]
+        meta = {"format": "pt", "arch": json.dumps(self.net.arch())}
         if path is None:
-            # One file per model, rewritten in place by every export (see torch_io)
-            # and removed on close.
-            if self.export_path is None:
-                shm = "/dev/shm"
-                base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) \
-                    else tempfile.gettempdir()
-                remove_stale_exports(base)
-                self.export_path = os.path.join(
-                    base, f"rlengine-{os.getpid()}-{uuid.uuid4().hex[:12]}.safetensors")
-            path = self.export_path
+            # One file per model, rewritten in place by every export and removed on
+            # close (torch_io.ExportFile).
+            path, n = self.export_file.write(list(self.params.items()), meta, self.version)
+            return {"path": path, "version": self.version, "bytes": n}
         try:
-            n = export_weights(path, list(self.params.items()),
-                               {"format": "pt", "arch": json.dumps(self.net.arch())},
-                               self.version)
+            n = export_weights(path, list(self.params.items()), meta, self.version)
         except OSError as exc:
             raise EngineIOError(f"export: cannot write '{path}': {exc}") from None
         return {"path": path, "version": self.version, "bytes": n}
@@ -1071,15 +1041,7 @@ class TorchModel:
         return {"version": self.version}
 
     def close(self, o: dict | None = None) -> None:
-        if self.export_path is not None:
-            forget(self.export_path)
-            try:
-                os.unlink(self.export_path)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                log.warning("cannot remove export %s", self.export_path)
-            self.export_path = None
+        self.export_file.close()
         for path in self.imported:  # kept mappings would pin the files' pages
             forget(path)
         self.imported.clear()

@@ -103,6 +103,21 @@ def choice(*options: str) -> Callable:
     return check
 
 
+def _check_text(op: str, where: str, v: str) -> str:
+    """Text the model reads must be Unicode. The host sends bytes that are not UTF-8 as
+    lone surrogates U+DC80..U+DCFF (surrogateescape), which paths need and text cannot
+    hold: name the field and the byte."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = v[exc.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF \
+            else f"U+{ord(bad):04X}"
+        raise ConfigError(f"{op}: '{where}' is not valid UTF-8 text ({byte} at character "
+                          f"{exc.start + 1})") from None
+    return v
+
+
 def messages(op: str, where: str, v: Any) -> list[dict]:
     """A list of chat messages: objects with string "role" and "content" (other keys,
     e.g. "name", go to the chat template as they are)."""
@@ -116,6 +131,7 @@ def messages(op: str, where: str, v: Any) -> list[dict]:
         for key in ("role", "content"):
             if not isinstance(m.get(key), str):
                 raise ConfigError(f"{op}: '{at}.{key}' must be a string, got {_desc(m.get(key))}")
+            _check_text(op, f"{at}.{key}", m[key])
         if not m["role"]:
             raise ConfigError(f"{op}: '{at}.role' must not be empty")
     return v
@@ -123,7 +139,7 @@ def messages(op: str, where: str, v: Any) -> list[dict]:
 
 def _text_or_messages(op: str, where: str, v: Any) -> str | list[dict]:
     if isinstance(v, str):
-        return v
+        return _check_text(op, where, v)
     if isinstance(v, list):
         return messages(op, where, v)
     raise ConfigError(f"{op}: '{where}' must be a string or a list of messages, got {_desc(v)}")
@@ -146,6 +162,7 @@ def stop_list(op: str, name: str, v: Any) -> list[str]:
     for i, s in enumerate(v):
         if not isinstance(s, str) or not s:
             raise ConfigError(f"{op}: '{name}[{i + 1}]' must be a non-empty string")
+        _check_text(op, f"{name}[{i + 1}]", s)
     return v
 
 

@@ -21,11 +21,15 @@ leaves the model as it was.
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import math
 import mmap
 import os
 import struct
+import tempfile
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -40,6 +44,11 @@ ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.bfloat16: "BF16",
              torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 MAX_HEADER = 100 * 2**20
+# Where default weight-sync files go; unset: /dev/shm (memory, no disk I/O).
+SYNC_DIR_ENV = "RLENGINE_SHM_DIR"
+# Seconds to pause in the middle of every safetensors write: tests kill the engine there.
+TEST_WRITE_DELAY_ENV = "RLENGINE_TEST_WRITE_DELAY"
+log = logging.getLogger("rlengine")
 
 
 def corrupt_error(path: str, why: str) -> ConfigError:
@@ -74,6 +83,10 @@ def write_safetensors(path: str, tensors: list[tuple[str, torch.Tensor]],
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(hb)))
             f.write(hb)
+            delay = os.environ.get(TEST_WRITE_DELAY_ENV)
+            if delay:
+                f.flush()
+                time.sleep(float(delay))
             for _, t in tensors:
                 b = _u8(t.cpu() if t.device.type != "cpu" else t)
                 if b.numel():
@@ -137,10 +150,18 @@ def load_safetensors(path: str, what: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     check_safetensors_file(path, what)
+    # safetensors (Rust) takes only a UTF-8 path, and a Linux path is any bytes (here a
+    # str with surrogate escapes): hand it the file through /proc/self/fd instead.
     try:
-        return load_file(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EngineIOError(f"{what}: cannot read '{path}': {exc}") from None
+    try:
+        return load_file(f"/proc/self/fd/{fd}")
     except SafetensorError as exc:
         raise corrupt_error(path, str(exc)) from None
+    finally:
+        os.close(fd)
 
 
 def _check_targets(header: dict, targets: dict[str, torch.Tensor], path: str, what: str) -> None:
@@ -308,3 +329,123 @@ def read_safetensors_into(path: str, targets: dict[str, torch.Tensor], what: str
     finally:
         forget(path)
     return meta
+
+
+# ---- the default weight-sync file -------------------------------------------------------
+#
+# Nothing the engine writes to /dev/shm may outlive its owner: a file there holds memory
+# until reboot. Every such file is named rlengine-<owner pid>-<random>.safetensors (and
+# write_safetensors' temporary, that name + ".tmp-<random>"), a model removes its own on
+# close, and every engine start removes those whose owner is no longer running
+# (remove_stale_exports), which covers a SIGKILL, the OOM killer or a power cut.
+
+def sync_dir() -> str:
+    """The directory for default export files: $RLENGINE_SHM_DIR, else /dev/shm, else the
+    system temporary directory (no /dev/shm, or not writable)."""
+    env = os.environ.get(SYNC_DIR_ENV)
+    if env:
+        return env
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+def remove_stale_exports(base: str) -> list[str]:
+    """Remove export files (finished or half-written) in `base` whose owner process is
+    not running; returns the paths removed. A live pid, even a reused one, keeps its
+    files: a false keep costs memory until the next start, a false removal a run."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(base), "rlengine-*-*.safetensors*")):
+        name = os.path.basename(path)
+        if not (name.endswith(".safetensors") or ".safetensors.tmp-" in name):
+            continue
+        try:
+            pid = int(name.split("-")[1])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue
+        except PermissionError:  # alive, another user's
+            continue
+        except ProcessLookupError:
+            pass
+        try:
+            os.unlink(path)
+            removed.append(path)
+            log.info("removed %s, left by engine process %d that is gone", path, pid)
+        except OSError:
+            pass
+    return removed
+
+
+_SWEPT: set[str] = set()
+
+
+def sweep_once(base: str) -> None:
+    """remove_stale_exports(base), once per directory per process (engine start)."""
+    if base not in _SWEPT:
+        _SWEPT.add(base)
+        if os.path.isdir(base):
+            remove_stale_exports(base)
+
+
+def sweep_at_start() -> None:
+    """At engine start: the stale files of the sync directory and of the fallback."""
+    for base in dict.fromkeys((sync_dir(), tempfile.gettempdir())):
+        sweep_once(base)
+
+
+class ExportFile:
+    """One model's default weight-sync file, rewritten in place by every export.
+
+    It lives in sync_dir(). When that directory cannot take it (a full /dev/shm: ENOSPC;
+    a quota; a missing directory), the export says so once on the log and moves to the
+    system temporary directory for good: sync continues, at disk speed, and nothing
+    half-written stays behind (write_safetensors removes its temporary file)."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.fallback = False
+
+    def _place(self, base: str) -> str:
+        if os.path.isdir(base):  # a long-lived engine: files of engines that died since
+            remove_stale_exports(base)
+        self.path = os.path.join(base, f"rlengine-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+                                       f".safetensors")
+        return self.path
+
+    def write(self, tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str],
+              version: int) -> tuple[str, int]:
+        """Export `tensors`; returns (path, bytes). Raises EngineIOError when even the
+        fallback directory cannot take the file."""
+        path = self.path or self._place(sync_dir())
+        try:
+            return path, export_weights(path, tensors, metadata, version)
+        except OSError as exc:
+            if self.fallback:
+                raise EngineIOError(f"export: cannot write '{path}': {exc}") from None
+            base = tempfile.gettempdir()
+            log.warning("weight sync: cannot write %s (%s); syncing through %s from now on "
+                        "(disk instead of memory: slower)", path, exc.strerror or exc, base)
+            self.close()
+            self.fallback = True
+            path = self._place(base)
+        try:
+            return path, export_weights(path, tensors, metadata, version)
+        except OSError as exc:
+            raise EngineIOError(f"export: cannot write '{path}': {exc}") from None
+
+    def close(self) -> None:
+        """Remove the file (and its kept mapping)."""
+        if self.path is None:
+            return
+        forget(self.path)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            log.warning("cannot remove export %s", self.path)
+        self.path = None

@@ -145,6 +145,35 @@ static void test_scan_string_escapes(void)
     jbuf_free(&b);
 }
 
+static void test_bytes_escape_round_trip(void)
+{
+    /* Paths are bytes: JSON_UTF8_ESCAPE writes a byte that is not UTF-8 as \udcXX
+     * (Python's surrogateescape), json_scan_string_ex(bytes) reads it back; valid
+     * UTF-8 passes through; without `bytes` the escape stays an error. */
+    const char raw[] = "r\xC3\xBCn \xE2\x9C\x93/\xFF\x80\xE2\x9C";
+    size_t n = sizeof raw - 1;
+    jbuf b, out;
+    jbuf_init(&b);
+    jbuf_init(&out);
+    CHECK(json_write_string(&b, raw, n, JSON_UTF8_ESCAPE, NULL) == 0);
+    CHECK_STR(jbuf_cstr(&b), "\"r\xC3\xBCn \xE2\x9C\x93/\\udcff\\udc80\\udce2\\udc9c\"");
+    const char *why = NULL;
+    size_t pos = 0;
+    CHECK(json_scan_string_ex(b.p, b.len, &pos, &out, &why, 1) == 0);
+    CHECK(pos == b.len);
+    CHECK(out.len == n && memcmp(out.p, raw, n) == 0);
+    out.len = 0;
+    pos = 0;
+    CHECK(json_scan_string(b.p, b.len, &pos, &out, &why) == JSON_ESYNTAX);
+    /* Only U+DC80..U+DCFF are bytes; other lone surrogates stay errors. */
+    const char *lone = "\"\\udc7f\"";
+    out.len = 0;
+    pos = 0;
+    CHECK(json_scan_string_ex(lone, strlen(lone), &pos, &out, &why, 1) == JSON_ESYNTAX);
+    jbuf_free(&b);
+    jbuf_free(&out);
+}
+
 /* ---- through the Lua bridge ---- */
 
 static lua_State *new_state(void)
@@ -334,6 +363,7 @@ int main(void)
     RUN(test_int_extremes);
     RUN(test_utf8_validation);
     RUN(test_scan_string_escapes);
+    RUN(test_bytes_escape_round_trip);
     RUN(test_bridge_exact);
     RUN(test_bridge_errors);
     RUN(test_bridge_random_roundtrip);

@@ -1,7 +1,7 @@
 """The soak (tests/soak/soak.py, `make soak`) in small: recipes/rlaif.lua for 16 steps
 with one of each fault (judge faults throughout and a short outage, a worker
 SIGKILL, a host SIGKILL at a random moment and one during a checkpoint write, a
-full disk at a checkpoint), then the same end checks as the full soak: every step
+full disk at a checkpoint, a SIGTERM mid-run with a full weight-sync directory), then the same end checks as the full soak: every step
 logged once, the newest checkpoint equal to the final weights, a sound judge cache,
 nothing left behind. About two minutes."""
 from __future__ import annotations
@@ -35,4 +35,7 @@ def test_soak_short(tmp_path):
     assert "is kept (resume=true continues from it)" in out, out
     assert "judge outage      stopped after step" in out, out
     assert "worker SIGKILLs   0 " not in out, out
+    assert "SIGTERM           host #" in out, out
+    assert "[PASS] SIGTERM: step finished, checkpointed, exit 143, resumed from that step" in out
+    assert "[PASS] full weight-sync directory" in out, out
     assert "[FAIL]" not in out

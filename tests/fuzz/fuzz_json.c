@@ -35,7 +35,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     luaL_requiref(L, "rl.core", luaopen_rl_core, 0);
     luaL_requiref(L, "rl.json", luaopen_rl_json, 0);
     lua_settop(L, 0);
-    int flags = size && (data[0] & 1) ? LJSON_NONFINITE : 0;
+    /* The first byte picks the engine channel's options: non-finite numbers, and
+     * strings as bytes (\udcXX escapes, host/json.h JSON_UTF8_ESCAPE). */
+    int flags = (size && (data[0] & 1) ? LJSON_NONFINITE : 0) |
+                (size && (data[0] & 2) ? LJSON_BYTES : 0);
     lua_pushcfunction(L, roundtrip);
     lua_pushlightuserdata(L, (void *)data);
     lua_pushinteger(L, (lua_Integer)size);

@@ -2,7 +2,9 @@
 --   local t = require "tap"
 --   t.test("name", function() t.eq(1 + 1, 2) end)
 --   t.done()
--- Helpers to run the host itself: t.rlhost(args, {stdin=}) -> status, stdout, stderr.
+-- Helpers to run the host itself: t.rlhost(args, {stdin=}) -> status, stdout, stderr;
+-- to wait for processes and files by fact: t.gone, t.wait_gone, t.kill_and_wait,
+-- t.wait_for, t.sh_wait_file.
 local M = {}
 local n, failed = 0, 0
 
@@ -93,6 +95,57 @@ function M.write(p, s)
   local f = assert(io.open(p, "wb"))
   f:write(s)
   f:close()
+end
+
+-- Waiting by fact, not by time. A process sent SIGKILL is not gone when kill returns
+-- (one inside an fsync dies late, still holding its run lock), and a child started in
+-- the background is not ready after a fixed sleep on a loaded machine. So tests poll
+-- for the fact with a deadline, and fail naming what they waited for.
+local function rlfs() return require("rl").fs end
+
+-- True when pid has exited: no /proc entry, or a zombie (which holds nothing).
+function M.gone(pid)
+  local f = io.open("/proc/" .. math.tointeger(pid) .. "/stat", "rb")
+  if not f then return true end
+  local stat = f:read("a") or ""
+  f:close()
+  local state = stat:match("^.*%) (%a)")  -- after the last ')': the name may hold any byte
+  return state == nil or state == "Z" or state == "X"
+end
+
+-- Poll pred() every 20 ms until it returns a true value (returned), or fail after
+-- `secs` seconds (default 30) naming `what`.
+function M.wait_for(pred, secs, what)
+  local fs = rlfs()
+  local deadline = fs.monotonic() + (secs or 30)
+  while true do
+    local v = pred()
+    if v then return v end
+    if fs.monotonic() > deadline then
+      fail(("timed out after %g s waiting for %s"):format(secs or 30, what or "a condition"), 2)
+    end
+    fs.sleep(0.02)
+  end
+end
+
+-- Wait until pid is gone (see M.gone), or fail after `secs` seconds.
+function M.wait_gone(pid, secs, what)
+  return M.wait_for(function() return M.gone(pid) end, secs,
+                    ("%s %d to end"):format(what or "process", math.tointeger(pid)))
+end
+
+-- Send a signal (default KILL) to pid and wait until it is gone.
+function M.kill_and_wait(pid, sig, secs)
+  os.execute(("kill -%s %d 2>/dev/null"):format(sig or "KILL", math.tointeger(pid)))
+  return M.wait_gone(pid, secs)
+end
+
+-- A shell fragment that waits until file `path` exists and is not empty, with a
+-- deadline of `secs` seconds (exit status 124 from the fragment on timeout); for
+-- background-process scripts run through io.popen / os.execute.
+function M.sh_wait_file(path, secs)
+  return ("n=0; while [ ! -s %s ]; do n=$((n+1)); [ $n -gt %d ] && exit 124; sleep 0.02; done")
+    :format(shquote(path), math.ceil((secs or 30) / 0.02))
 end
 
 -- Run the host with args (a list, quoted here); returns exit status, stdout, stderr.

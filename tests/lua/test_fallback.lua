@@ -257,8 +257,7 @@ else
     end
     local fb = quiet_chain{m, teacher, names = {"policy", "teacher"}}
     local _, pid = m:_transport()
-    os.execute("kill -9 " .. pid)
-    rl.fs.sleep(0.1)
+    t.kill_and_wait(pid)  -- dead for sure (a zombie until reaped), not after a guess
     local s = rl.generate(fb, {{prompt = "ab", id = 7}}, {n = 2, max_tokens = 3})
     t.eq(#s, 2); t.eq(s[1].source, "teacher"); t.eq(s[1].off_policy, true); t.eq(s[1].id, 7)
     t.eq(fb:stats().failures.crash, 1)

@@ -140,37 +140,87 @@ t.test("out of memory is reported, not crashed on", function()
   t.match(err, "not enough memory")
 end)
 
--- Run the host in the background, send SIGINTs, return its exit status and stderr.
-local function interrupt(recipe, signals)
-  local errf = os.tmpname()
-  local script = ("%s %s 2>%s & pid=$!; sleep 0.5; for i in $(seq %d); do kill -INT $pid; sleep 0.3; done; wait $pid; echo $?")
-    :format(t.shquote(t.host), t.shquote(recipe), errf, signals)
+-- Run the host in the background; once the recipe has written $READY, send `count`
+-- signals `sig` ("INT", "TERM", "HUP"); return its exit status and stderr. The
+-- recipe's ready file, not a fixed sleep, says the handlers are installed: a
+-- signal that came earlier would kill the host by its default action.
+local function interrupt(recipe, sig, count, args)
+  local errf, ready = os.tmpname(), os.tmpname()
+  os.remove(ready)
+  -- Standard signals do not queue: a second one is sent only once the host has said
+  -- it saw the first, or the two may arrive as one.
+  local saw = "n=0; until grep -q 'finishing the current step' %s; do n=$((n+1)); "
+              .. "[ $n -gt 3000 ] && break; sleep 0.02; done"
+  local script = ("READY=%s %s %s %s 2>%s & pid=$!; %s; for i in $(seq %d); do kill -%s $pid; "
+                  .. "%s; done; wait $pid; echo $?")
+    :format(t.shquote(ready), t.shquote(t.host), t.shquote(recipe), args or "", errf,
+            t.sh_wait_file(ready, 60), count, sig, saw:format(errf))
   local p = io.popen(script)
   local status = tonumber(p:read("a"):match("(%d+)%s*$"))
   p:close()
   local err = t.slurp(errf)
-  os.remove(errf)
+  os.remove(errf); os.remove(ready)
   return status, err
 end
 
-t.test("the first SIGINT is a flag the recipe reads; it then exits 130", function()
-  local r = file("sigint1.lua", [[
-    local rl = require "rl"
+local READY = "local f = assert(io.open(os.getenv('READY'), 'w')); f:write('1'); f:close()\n"
+
+local busy = file("sigbusy.lua", "local rl = require 'rl'\n" .. READY .. [[
     local steps = 0
-    while not rl.interrupted() do steps = steps + 1; local x = 0; for i = 1, 1e5 do x = x + i end end
+    while not rl.interrupted() do
+      steps = steps + 1; local x = 0; for i = 1, 1e5 do x = x + i end
+    end
     io.stderr:write("finished step ", steps, " cleanly\n")
   ]])
-  local st, err = interrupt(r, 1)
-  t.eq(st, 130)
-  t.match(err, "finishing the current step")
-  t.match(err, "finished step %d+ cleanly")
-end)
 
-t.test("a second SIGINT stops a busy recipe at once with 130", function()
-  local r = file("sigint2.lua", "while true do end\n")
-  local st, err = interrupt(r, 2)
-  t.eq(st, 130)
-  t.match(err, "interrupted")
+for _, c in ipairs{{"INT", 130, "interrupt: finishing the current step"},
+                   {"TERM", 143, "SIGTERM: finishing the current step"},
+                   {"HUP", 129, "SIGHUP: finishing the current step"}} do
+  local sig, status, said = c[1], c[2], c[3]
+  t.test(("the first SIG%s is a flag the recipe reads; it then exits %d"):format(sig, status),
+         function()
+    local st, err = interrupt(busy, sig, 1)
+    t.eq(st, status, err)
+    t.match(err, said)
+    t.match(err, "finished step %d+ cleanly")
+  end)
+  t.test(("a second SIG%s stops a busy recipe at once with %d"):format(sig, status), function()
+    local r = file("sigspin.lua", READY .. "while true do end\n")
+    local st, err = interrupt(r, sig, 2)
+    t.eq(st, status, err)
+    t.match(err, said)
+    t.match(err, "interrupted by a second signal %(the first was SIG" .. sig .. "%)")
+  end)
+end
+
+t.test("SIGTERM in a run: the step ends, a checkpoint is written, exit 143; resume completes",
+       function()
+  local run = dir .. "/termrun"
+  local r = file("termrun.lua", [[
+    local rl = require "rl"
+    local cfg = rl.config{steps = 400, dir = ""}
+    local run = rl.run{dir = cfg.dir, resume = true, checkpoint_every = 1000, plot = false,
+                       progress = false}
+    local st = {n = 0}
+    run:state{st = st}
+    for step in run:steps(cfg.steps) do
+      st.n = st.n + step
+      run:log{n = st.n}
+      if step == 2 then ]] .. READY .. [[ end
+      rl.fs.sleep(0.01)
+    end
+    rl.fs.write(cfg.dir .. "/final.txt", tostring(st.n))
+  ]])
+  local st, err = interrupt(r, "TERM", 1, "dir=" .. t.shquote(run))
+  t.eq(st, 143, err)
+  t.match(err, "SIGTERM: finishing the current step")
+  local k = tonumber(err:match("interrupted after step (%d+)"))
+  t.ok(k and k >= 2 and k < 400, err)
+  t.ok(require("rl").checkpoint.verify(run .. "/ckpt-" .. k), "checkpoint at the interrupted step")
+  local st2, _, err2 = t.rlhost({r, "dir=" .. run}, {env = "READY=/dev/null"})
+  t.eq(st2, 0, err2)
+  t.match(err2, "from ckpt%-" .. k)
+  t.eq(t.slurp(run .. "/final.txt"), tostring(400 * 401 // 2))
 end)
 
 t.test("make install: the installed binary finds its tree from anywhere", function()

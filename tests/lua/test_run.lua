@@ -169,19 +169,15 @@ t.test("SIGKILL in the middle of a checkpoint write: the previous one is used", 
   local pidf = root .. "/pid"
   os.execute(("RLHOST_TEST_CHECKPOINT_DELAY=0.15 %s %s dir=%s every=1 >/dev/null 2>&1 & echo $! > %s")
     :format(t.shquote(t.host), t.shquote(recipe), t.shquote(dir), t.shquote(pidf)))
-  local pid
-  for _ = 1, 200 do
-    pid = pid or tonumber(t.slurp(pidf))
-    local found = false
-    if rl.fs.stat(dir) then
-      for _, n in ipairs(rl.fs.list(dir)) do if n:find("^%.tmp%-ckpt%-3%-") then found = true end end
+  local pid = t.wait_for(function() return tonumber(t.slurp(pidf)) end, 30, "the host's pid")
+  t.wait_for(function()
+    for _, n in ipairs(rl.fs.stat(dir) and rl.fs.list(dir) or {}) do
+      if n:find("^%.tmp%-ckpt%-3%-") then return true end
     end
-    if found and pid then break end
-    rl.fs.sleep(0.02)
-  end
+  end, 60, "the write of ckpt-3 to start")
   rl.fs.sleep(0.2)  -- inside the write: after the model, before the manifest
-  os.execute("kill -9 " .. pid)
-  rl.fs.sleep(0.1)
+  -- Resume only once the killed host is gone: until then it holds the run lock.
+  t.kill_and_wait(pid)
   local names = table.concat(rl.fs.list(dir), " ")
   t.match(names, "%.tmp%-ckpt%-3%-")
   t.ok(not names:find("ckpt%-3 ") and not names:find("ckpt%-3$"), "no ckpt-3: " .. names)

@@ -12,9 +12,17 @@ Faults, all real (processes, signals, files):
   and is started again with resume=true;
 - one incarnation runs under a file-size limit (RLIMIT_FSIZE) that its next
   checkpoint cannot fit: it must say so, keep the previous checkpoint and leave no
-  partial one; the next incarnation (limit lifted: the disk was cleaned) resumes.
+  partial one; the next incarnation (limit lifted: the disk was cleaned) resumes;
+- one incarnation gets SIGTERM at a random moment (a scheduler's preemption): it must
+  finish its step, checkpoint it and exit 143, and the next one resume from exactly
+  that step (nothing redone, nothing lost);
+- that incarnation also finds its weight-sync directory full: RLENGINE_SHM_DIR points
+  at a small tmpfs the soak mounts and fills (root only; the summary says when it
+  could not): the engine must say so once, sync through TMPDIR instead, and leave
+  nothing in either place.
 
-Then it checks: every step exactly once in metrics.jsonl; the newest checkpoint
+Then it checks: every step exactly once in metrics.jsonl; the SIGTERM and full-shm
+stages went as described; the newest checkpoint
 verifies, loads losslessly and reproduces the final step's greedy held-out reward
 (the final weights) and version; the judge cache passes PRAGMA integrity_check; no
 process carrying this soak's marker, no .tmp-* entry, no sandbox or /dev/shm file
@@ -43,6 +51,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from procwait import wait_for  # noqa: E402  (the tests' shared process helpers)
+
 RLHOST = os.environ.get("RLHOST", os.path.join(ROOT, "build", "rlhost"))
 RLAIF = os.path.join(ROOT, "recipes", "rlaif.lua")
 CHECK_LUA = os.path.join(ROOT, "tests", "soak", "check_ckpt.lua")
@@ -232,7 +243,7 @@ def checkpoints(run_dir: str) -> list[int]:
 @dataclass
 class Stage:
     """One incarnation of the host and how it is meant to end."""
-    end: str                    # "kill" | "kill_ckpt" | "disk_full" | "finish"
+    end: str                    # "kill" | "kill_ckpt" | "disk_full" | "sigterm" | "finish"
     after_step: int = 0         # kill: once this step is logged (plus a random delay);
                                 # kill_ckpt: at the first checkpoint write after it
     env: dict[str, str] = field(default_factory=dict)
@@ -276,6 +287,8 @@ class Soak:
         self.worker_kills: list[dict[str, Any]] = []
         self.outage: dict[str, Any] = {}
         self.disk_full: dict[str, Any] = {}
+        self.sigterm: dict[str, Any] = {}
+        self.shm_full: dict[str, Any] = {}
         self.failures: list[str] = []
         self.t0 = time.monotonic()
         self.next_worker_kill = self.rng.randint(min(5, a.worker_every), a.worker_every)
@@ -311,7 +324,11 @@ class Soak:
         # write, made long enough to hit by the library's own test hook.
         spots = sorted(r.randint(max(2, int(n * lo)), max(3, int(n * hi)))
                        for lo, hi in [(0.1, 0.2), (0.2, 0.28), (0.6, 0.7)][:kills])
+        term = r.randint(max(4, int(n * 0.45)), max(5, int(n * 0.55))) if self.a.sigterm else 0
         for i, s in enumerate(spots):
+            if term and s > term:
+                stages.append(self.sigterm_stage(term))
+                term = 0
             if i == 1:
                 stages.append(Stage("kill_ckpt", s, {"RLHOST_TEST_CHECKPOINT_DELAY": "0.3"}))
             else:
@@ -319,8 +336,49 @@ class Soak:
             if i == min(1, kills - 1) and self.a.disk_full:
                 # early, so the run's pace around the outage cannot crowd it out
                 stages.append(Stage("disk_full"))
+        if term:
+            stages.append(self.sigterm_stage(term))
         stages.append(Stage("finish"))
         return stages
+
+    def sigterm_stage(self, after: int) -> Stage:
+        """SIGTERM after step `after`; with --shm-full, its weight sync finds a full
+        directory."""
+        env = {}
+        if self.a.shm_full:
+            full = self.full_shm()
+            if full:
+                env["RLENGINE_SHM_DIR"] = full
+        return Stage("sigterm", after, env)
+
+    def full_shm(self) -> str | None:
+        """A 2 MiB tmpfs, mounted under the soak dir and filled to the last byte (a
+        full /dev/shm without filling the machine's). None where mounting is refused."""
+        path = os.path.join(self.dir, "shm-full")
+        os.makedirs(path, exist_ok=True)
+        m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=1777", "tmpfs", path],
+                           capture_output=True, text=True)
+        if m.returncode != 0:
+            self.shm_full.update(skipped=m.stderr.strip() or f"mount exited {m.returncode}")
+            log(f"full /dev/shm stage skipped: cannot mount a tmpfs ({self.shm_full['skipped']})")
+            return None
+        self.shm_full.update(dir=path)
+        try:
+            with open(os.path.join(path, "filler"), "wb") as f:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+        except OSError as e:
+            self.shm_full.update(filled=str(e))
+        log(f"weight-sync directory {path}: a tmpfs filled up ({self.shm_full.get('filled')})")
+        return path
+
+    def unmount_shm(self) -> None:
+        d = self.shm_full.get("dir")
+        if d and not self.shm_full.get("unmounted"):
+            left = sorted(n for n in os.listdir(d) if n != "filler")
+            self.shm_full.update(left=left, unmounted=True)
+            subprocess.run(["umount", d], capture_output=True)
 
     # -- faults
 
@@ -462,6 +520,7 @@ class Soak:
         (the stage is then run again by a new incarnation)."""
         p, inc = self.start_host(stage)
         kill_at: float | None = None
+        termed: float | None = None  # when SIGTERM was sent
         while True:
             rc = p.poll()
             rows = self.poll_metrics(inc)
@@ -469,6 +528,23 @@ class Soak:
             self.maybe_outage(step)
             if rc is not None:
                 break
+            if termed is not None:
+                if time.monotonic() > termed + 300:
+                    p.kill()
+                    p.wait()
+                    self.failures.append("the host did not stop within 300 s of SIGTERM")
+                    break
+                time.sleep(0.01)
+                continue
+            if stage.end == "sigterm" and step >= stage.after_step and self.host_started(inc):
+                if kill_at is None:
+                    kill_at = time.monotonic() + self.rng.uniform(0.0, 2.0)  # a random moment
+                elif time.monotonic() >= kill_at:
+                    p.send_signal(signal.SIGTERM)
+                    termed = time.monotonic()
+                    self.sigterm.update(step=step, pid=p.pid)
+                    log(f"host #{inc.index} SIGTERM after step {step}")
+                    continue
             if step >= self.next_worker_kill and not self.outage_near() \
                     and step < self.a.steps - 1 and self.host_started(inc):
                 # Alternately while it generates (the step falls back to the teacher)
@@ -521,6 +597,8 @@ class Soak:
         if inc.how:
             log(f"host #{inc.index}: {inc.how}")
             return True
+        if stage.end == "sigterm" and termed is not None:
+            return self.sigterm_ended(inc, p.returncode, text)
         if stage.end == "disk_full" and p.returncode == 1 and "not written" in text:
             inc.how = "checkpoint write failed: file size limit"
             said = next(ln for ln in text.splitlines() if "not written" in ln)
@@ -546,8 +624,72 @@ class Soak:
             f"{inc.error}")
         return False
 
+    def sigterm_ended(self, inc: Incarnation, rc: int, text: str) -> bool:
+        """The SIGTERMed host: exit 143 after checkpointing the step it was in."""
+        inc.how = f"SIGTERM after step {self.sigterm['step']}: exit {rc}"
+        m = re.search(r"interrupted after step (\d+); checkpoint (\S+) written", text)
+        self.sigterm.update(rc=rc, said="SIGTERM: finishing the current step" in text,
+                            stopped=int(m.group(1)) if m else None,
+                            ckpts=checkpoints(self.run_dir), tmp_left=tmp_entries(self.run_dir),
+                            logged=inc.ended_step)
+        if self.shm_full.get("dir"):
+            self.shm_full.update(warned=text.count("weight sync: cannot write"))
+            self.unmount_shm()
+        log(f"host #{inc.index} exited {rc} after SIGTERM; stopped after step "
+            f"{self.sigterm['stopped']}")
+        if rc == 0 and inc.ended_step >= self.a.steps:
+            inc.how = "finished"  # the SIGTERM came with the last step
+        return True
+
+    def check_sigterm(self) -> tuple[str, bool, str]:
+        t = self.sigterm
+        name = "SIGTERM: step finished, checkpointed, exit 143, resumed from that step"
+        if not t:
+            return name, not self.a.sigterm, "not planned" if not self.a.sigterm else "never sent"
+        k = t.get("stopped")
+        # the next host that got as far as resuming (one killed while it started up,
+        # before reading the run directory, does not count)
+        at = next((i for i, inc in enumerate(self.incarnations) if inc.stage == "sigterm"), -1)
+        nxt = next((inc for inc in self.incarnations[at + 1:] if inc.resumed_from), None)
+        problems = []
+        if t.get("rc") != 143:
+            problems.append(f"exit status {t.get('rc')}, not 143")
+        if not t.get("said"):
+            problems.append("no 'SIGTERM: finishing the current step' on stderr")
+        if k is None:
+            problems.append("no 'interrupted after step K; checkpoint ... written' line")
+        elif k not in (t.get("ckpts") or []) or k != t.get("logged"):
+            problems.append(f"stopped after step {k} but checkpoints are {t.get('ckpts')} and "
+                            f"metrics end at step {t.get('logged')}")
+        if t.get("tmp_left"):
+            problems.append(f"left {t['tmp_left']}")
+        if nxt is None or nxt.resumed_step != k:
+            problems.append(f"the next host resumed from "
+                            f"{nxt.resumed_from if nxt else 'nothing'}, not ckpt-{k}")
+        return name, not problems, "; ".join(problems) or (
+            f"sent after step {t['step']}; the host finished step {k}, wrote ckpt-{k}, exited "
+            f"143; host #{nxt.index} resumed from ckpt-{k} with nothing redone")
+
+    def check_shm_full(self) -> tuple[str, bool, str]:
+        f = self.shm_full
+        name = "full weight-sync directory: reported once, synced through TMPDIR, nothing left"
+        if not self.a.shm_full or f.get("skipped"):
+            return name, True, f"skipped: {f.get('skipped', 'not planned')}"
+        problems = []
+        if f.get("warned") != 1:
+            problems.append(f"'weight sync: cannot write' said {f.get('warned', 0)} times, "
+                            f"not once")
+        if f.get("left"):
+            problems.append(f"left in the full directory: {f['left']}")
+        return name, not problems, "; ".join(problems) or (
+            f"{f['dir']} (a 2 MiB tmpfs, filled: {f.get('filled')}): the host said so once and "
+            f"synced its worker through TMPDIR")
+
     def run(self) -> int:
         a = self.a
+        full = os.path.join(self.dir, "shm-full")
+        if os.path.ismount(full):  # an aborted soak's
+            subprocess.run(["umount", full], capture_output=True)
         if os.path.exists(self.dir):
             shutil.rmtree(self.dir)
         os.makedirs(self.tmp)
@@ -589,6 +731,7 @@ class Soak:
                 if h.poll() is None:
                     h.kill()
                     h.wait()
+            self.unmount_shm()
         return self.finish()
 
     def abort(self) -> None:
@@ -596,6 +739,7 @@ class Soak:
             if h.poll() is None:
                 h.kill()
                 h.wait()
+        self.unmount_shm()
         judge = getattr(self, "judge", None)
         if judge is not None:
             judge.stop()
@@ -627,7 +771,15 @@ class Soak:
         checks.append(("judge cache PRAGMA integrity_check", integ == "ok",
                        f"{integ} ({entries} tables)"))
 
-        time.sleep(0.5)  # a worker that saw its host die exits on EOF
+        checks.append(self.check_sigterm())
+        checks.append(self.check_shm_full())
+
+        # Workers die with their host (PR_SET_PDEATHSIG), the judge was stopped: wait
+        # for that with a deadline rather than a guess, then list what is left.
+        try:
+            wait_for(lambda: not marked_processes(self.soak_id), 30, "the soak's processes to end")
+        except AssertionError:
+            pass
         left = marked_processes(self.soak_id)
         checks.append(("no process left (host, worker, judge)", not left,
                        "; ".join(left) or "none"))
@@ -738,6 +890,14 @@ class Soak:
         if d:
             print(f"  disk full         RLIMIT_FSIZE {d['limit']} bytes for host "
                   f"#{next((i.index for i in self.incarnations if i.stage == 'disk_full'), '?')}")
+        t = self.sigterm
+        if t:
+            who = next((i.index for i in self.incarnations if i.stage == "sigterm"), "?")
+            print(f"  SIGTERM           host #{who} after step {t['step']}")
+        f = self.shm_full
+        if f:
+            print("  full shm          " + (f"skipped: {f['skipped']}" if f.get("skipped") else
+                  f"RLENGINE_SHM_DIR={f['dir']}, a 2 MiB tmpfs filled up, for the SIGTERMed host"))
         print("Absorbed (counted over every step run, redone ones included):")
         print(f"  judge             {stats.get('requests', 0)} requests (with retries) scored "
               f"{scored.get('judge', 0)} samples (redone steps mostly from the cache); "
@@ -805,10 +965,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--worker-every", type=int, default=20)
     ap.add_argument("--host-kills", type=int, default=3, choices=[0, 1, 2, 3])
     ap.add_argument("--disk-full", type=int, default=1, choices=[0, 1])
+    ap.add_argument("--sigterm", type=int, default=1, choices=[0, 1],
+                    help="one incarnation gets SIGTERM mid-run")
+    ap.add_argument("--shm-full", type=int, default=1, choices=[0, 1],
+                    help="the SIGTERMed incarnation's weight-sync directory is a full tmpfs "
+                         "(needs root to mount it; skipped otherwise)")
     ap.add_argument("--max-restarts", type=int, default=3,
                     help="unplanned host exits tolerated (each restarted with resume=true)")
     ap.add_argument("--strict", action="store_true", help="fail on any unplanned host exit")
     a = ap.parse_args(argv)
+    if a.shm_full and not a.sigterm:
+        ap.error("--shm-full needs --sigterm 1 (the SIGTERMed host finds the full directory)")
     if a.disk_full and not a.host_kills:
         ap.error("--disk-full needs --host-kills >= 1 (the limit is sized from a checkpoint)")
     if not os.access(RLHOST, os.X_OK):
