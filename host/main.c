@@ -189,11 +189,14 @@ static int run_chunk(lua_State *L, const char *code)
     return rt_report(L, rt_docall(L, 0, 0));
 }
 
-static int run_script(lua_State *L, const char *path, char **argv, int argc, int script)
+static int run_script(lua_State *L, const char *path, char **argv, int argc, int script,
+                      int interactive)
 {
     int status = strcmp(path, "-") == 0 ? luaL_loadfile(L, NULL) : luaL_loadfile(L, path);
     if (status != LUA_OK)
         return rt_report_load(L);
+    if (interactive)
+        repl_keep_locals(L); /* the REPL after it sees the recipe's locals */
     int n = 0;
     for (int i = script + 1; i < argc; i++, n++) {
         luaL_checkstack(L, 1, "too many arguments");
@@ -268,7 +271,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < a.nchunks && rc == EXIT_OK; i++)
         rc = run_chunk(L, a.chunks[i]);
     if (rc == EXIT_OK && script)
-        rc = run_script(L, script, argv, argc, a.script);
+        rc = run_script(L, script, argv, argc, a.script, a.interactive);
     if (rc == EXIT_OK && a.interactive) {
         print_version();
         repl_run(L);
