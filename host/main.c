@@ -230,13 +230,13 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *script = a.script ? argv[a.script] : NULL;
-    char script_dir[PATH_MAX] = ".";
+    char script_dir[PATH_MAX] = ".", recipe[PATH_MAX];
     if (script && strcmp(script, "-") != 0) {
-        if (access(script, R_OK) != 0) {
-            fprintf(stderr, "rlhost: cannot open recipe '%s': %s\n", script,
-                    strerror(errno));
+        if (home_recipe(home, script, recipe, sizeof recipe, err, sizeof err) != 0) {
+            fprintf(stderr, "rlhost: %s\n", err);
             return EXIT_USAGE;
         }
+        script = argv[a.script] = recipe; /* arg[0] is the file that runs */
         snprintf(script_dir, sizeof script_dir, "%s", script);
         char *slash = strrchr(script_dir, '/');
         if (slash)
