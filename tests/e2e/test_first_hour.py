@@ -65,3 +65,29 @@ def test_installed_rlhost_runs_shipped_recipes_by_name_elsewhere(tmp_path):
     assert p.returncode == 2
     assert "RLHOST_VENV" in p.stderr and "is gone" in p.stderr
     assert not (work / "runs" / "c").exists()
+
+
+# -- 11. transformers' progress bars -------------------------------------------------
+
+def make_hf_model(out_dir):
+    code = ("import sys, pathlib; from test_hf import make_model; "
+            "make_model('qwen2', pathlib.Path(sys.argv[1]))")
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "scripts") + os.pathsep
+               + os.path.join(ROOT, "tests", "engine"), HF_HUB_OFFLINE="1")
+    p = subprocess.run([PYTHON, "-c", code, str(out_dir)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        pytest.skip(f"cannot build a tiny Hugging Face model: {p.stderr[-300:]}")
+
+
+@pytest.mark.parametrize("transport", ["embedded", "worker"])
+def test_model_loading_is_one_line_without_library_progress_bars(tmp_path, transport):
+    make_hf_model(tmp_path / "hf")
+    p = run(["sft", f"model={tmp_path / 'hf'}", "steps=2", "checkpoint_every=1",
+             f"transport={transport}", "dir=runs/hf", *QUICK], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    for bar in ("Loading weights", "Writing model shards", "it/s]", "%|"):
+        assert bar not in p.stderr, p.stderr
+    loaded = [ln for ln in p.stderr.splitlines() if ln.startswith("rlhost: loaded model ")]
+    assert len(loaded) == 1, p.stderr
+    assert str(tmp_path / "hf") in loaded[0] and loaded[0].endswith("s")
