@@ -62,6 +62,7 @@ local cfg = rl.config {
   checkpoint_every = 25,
   keep_last = 2,
   plot = true,                    -- metrics.png at the end (needs matplotlib in .venv)
+  tensorboard = false,            -- also TensorBoard events in <dir>/tensorboard/ (tensorboard --logdir runs/)
   resume = true,                  -- continue the run in `dir` if there is one
   fresh = false,                  -- start again in `dir`, removing its checkpoints
   seed = 1,
@@ -105,8 +106,9 @@ end
 -- the directory moved, are fine: resuming extends the run).
 local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwrite = cfg.fresh,
                    checkpoint_every = cfg.checkpoint_every, keep_last = cfg.keep_last,
-                   plot = cfg.plot,
-                   allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir"}}
+                   plot = cfg.plot, tensorboard = cfg.tensorboard,
+                   allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir",
+                                          "tensorboard"}}
 
 -- Scoring: the judge first; samples it cannot score (server down, an answer with no
 -- readable score) go to the native reward. rl.fallback prints one line the first

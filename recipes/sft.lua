@@ -33,6 +33,7 @@ local cfg = rl.config {
   checkpoint_every = 50,
   keep_last = 2,                  -- checkpoints kept (the newest)
   plot = true,                    -- metrics.png at the end (needs matplotlib in .venv)
+  tensorboard = false,            -- also TensorBoard events in <dir>/tensorboard/ (tensorboard --logdir runs/)
   resume = true,                  -- continue the run in `dir` if there is one
   fresh = false,                  -- start again in `dir`, removing its checkpoints
 }
@@ -59,8 +60,9 @@ local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.hel
 -- the directory moved, are fine: resuming extends the run).
 local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwrite = cfg.fresh,
                    checkpoint_every = cfg.checkpoint_every, keep_last = cfg.keep_last,
-                   plot = cfg.plot,
-                   allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir"}}
+                   plot = cfg.plot, tensorboard = cfg.tensorboard,
+                   allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir",
+                                          "tensorboard"}}
 
 -- The model, from scratch (builtin:) or pretrained weights (a Hugging Face directory).
 local policy <close> = rl.model{

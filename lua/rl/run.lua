@@ -21,6 +21,8 @@
 --                     extend a finished run
 --   overwrite         start afresh in a directory that holds an earlier run
 --   plot              write metrics.png with scripts/plot.py at the end (default true)
+--   tensorboard       also write the metrics as TensorBoard events in <dir>/tensorboard/
+--                     (scripts/tensorboard_export.py) at every checkpoint and at the end
 --   seed              math.random is seeded with it when the run starts afresh
 --                     (default: the config's `seed` if it has one, else 0), since
 --                     Lua seeds it randomly and exact resume needs the same draws
@@ -108,7 +110,7 @@ function M.run(opts)
   for k in pairs(opts) do
     local known = {dir = 1, resume = 1, checkpoint_every = 1, keep_last = 1, total = 1,
                    allow_config_change = 1, overwrite = 1, plot = 1, progress = 1,
-                   progress_every = 1, seed = 1}
+                   progress_every = 1, seed = 1, tensorboard = 1}
     if not known[k] then config_error("rl.run: unknown option '%s'", tostring(k)) end
   end
   local self = setmetatable({}, Run)
@@ -286,6 +288,7 @@ function Run:_start()
     for _, c in ipairs(ckpt.list(self.dir)) do fs.remove(c.path) end
     fs.remove(self:path("metrics.jsonl"))
     fs.remove(self:path("metrics.png"))
+    fs.remove(self:path("tensorboard"))
   end
   for _, name in ipairs(ckpt.clean(self.dir)) do
     warn(("removed %s/%s left by an interrupted write"):format(self.dir, name))
@@ -372,7 +375,19 @@ function Run:checkpoint()
   -- next step's time.checkpoint.
   self.ckpt_secs = (self.ckpt_secs or 0) + (fs.monotonic() - t0)
   ckpt.prune(self.dir, self.keep_last)
+  self:_tensorboard()
   return path
+end
+
+-- TensorBoard events for the steps logged so far (a failure is a note: the metrics
+-- are safe in metrics.jsonl, and the export can be rerun by hand).
+function Run:_tensorboard()
+  if not self.opts.tensorboard then return end
+  local ok, why = M.python_tool("tensorboard_export.py", {self.dir})
+  if not ok and not self.tb_warned then
+    self.tb_warned = true
+    warn("TensorBoard events not written: " .. why)
+  end
 end
 
 function Run:_end_step()
@@ -410,6 +425,7 @@ function Run:_finish()
   self.finished = true
   self:_end_line()
   if self.metrics then self.metrics:close(); self.metrics = nil end
+  if self.last_ckpt ~= self.step then self:_tensorboard() end
   if self.opts.plot ~= false then self:plot() end
   if self.lock then self.lock:release(); self.lock = nil end
   if self.opts.progress ~= false then
@@ -418,10 +434,10 @@ function Run:_finish()
   end
 end
 
--- Run scripts/plot.py with the project's .venv Python. Returns true, or false
--- with a one-line reason (no Python, no matplotlib, a failed plot): plots are a
--- convenience, never a reason to fail a run.
-function M.plot(args)
+-- Run scripts/<script> with the project's .venv Python. Returns true, or false
+-- with a one-line reason (no Python, a missing package, a failure): plots and
+-- exports are a convenience, never a reason to fail a run.
+function M.python_tool(name, args)
   local home = core.home or "."
   local venv = os.getenv("RLHOST_VENV")
   if not venv then
@@ -431,7 +447,7 @@ function M.plot(args)
       if f then venv = f:gsub("%s+$", "") end
     end
   end
-  local py, script = venv .. "/bin/python", home .. "/scripts/plot.py"
+  local py, script = venv .. "/bin/python", home .. "/scripts/" .. name
   if not fs.stat(py) then return false, "no " .. py end
   if not fs.stat(script) then return false, "no " .. script end
   local q = function(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
@@ -440,9 +456,11 @@ function M.plot(args)
   local p = io.popen(table.concat(cmd, " ") .. " 2>&1")
   local out = p:read("a")
   local ok = p:close()
-  if not ok then return false, out:match("([^\n]+)\n?$") or "plot.py failed" end
+  if not ok then return false, out:match("([^\n]+)\n?$") or (name .. " failed") end
   return true
 end
+
+function M.plot(args) return M.python_tool("plot.py", args) end
 
 -- Write metrics.png (a missing Python or matplotlib is a note, not a failure).
 function Run:plot()

@@ -91,3 +91,33 @@ def test_model_loading_is_one_line_without_library_progress_bars(tmp_path, trans
     loaded = [ln for ln in p.stderr.splitlines() if ln.startswith("rlhost: loaded model ")]
     assert len(loaded) == 1, p.stderr
     assert str(tmp_path / "hf") in loaded[0] and loaded[0].endswith("s")
+
+
+# -- 8. TensorBoard ------------------------------------------------------------------
+
+def tb_scalars(logdir):
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(str(logdir), size_guidance={ea.SCALARS: 0})
+    acc.Reload()
+    return acc, {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+                 for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_hold_every_step_once(tmp_path):
+    p = run(["sft", "steps=4", "checkpoint_every=2", "tensorboard=true", "dir=runs/tb",
+             *QUICK], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    # resumed and extended: the new steps are appended, none twice
+    p = run(["sft", "steps=6", "checkpoint_every=2", "tensorboard=true", "dir=runs/tb",
+             *QUICK], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    rundir = tmp_path / "runs" / "tb"
+    recs = read_jsonl(rundir / "metrics.jsonl")
+    _, sc = tb_scalars(rundir / "tensorboard")
+    assert [s for s, _ in sc["loss"]] == [1, 2, 3, 4, 5, 6]
+    for (step, v), rec in zip(sc["loss"], recs):
+        assert rec["step"] == step and v == pytest.approx(rec["loss"], rel=1e-6)
+    assert [s for s, _ in sc["time/step"]] == [1, 2, 3, 4, 5, 6]  # nested fields
+    # without tensorboard=true nothing is written
+    p = run(["sft", "steps=1", "dir=runs/plain", *QUICK], cwd=tmp_path)
+    assert p.returncode == 0 and not (tmp_path / "runs" / "plain" / "tensorboard").exists()
