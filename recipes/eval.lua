@@ -98,13 +98,14 @@ local k = cfg.n > 1 and {1, cfg.n} or {1}
 -- One handle; each model's weights are restored into it in turn.
 local policy <close> = rl.model{path = cfg.model, seed = cfg.seed,
                                 threads = cfg.threads > 0 and cfg.threads or nil}
-local report, samples_of = {}, {}
+local report, samples_of, generations = {}, {}, {}
 for _, m in ipairs(models) do
   if m.dir then policy:restore(m.dir) end
-  local r, samples = rl.eval.run{source = policy, data = rows, scorers = scorers, n = cfg.n,
-                                 k = k, gen = gen, model = m.label}
+  local r, samples, scores = rl.eval.run{source = policy, data = rows, scorers = scorers,
+                                         n = cfg.n, k = k, gen = gen, model = m.label}
   for _, row in ipairs(r) do report[#report + 1] = row end
   samples_of[#samples_of + 1] = samples
+  generations[#generations + 1] = {model = m.label, samples = samples, scores = scores}
 end
 
 -- Pairwise: for every prompt the teacher sees A's and B's answers (in both orders)
@@ -126,7 +127,8 @@ end
 local title = cfg.title or ("%s on %s (%d prompts, n=%d, temperature %g)")
   :format(#models == 2 and "comparison" or "evaluation", cfg.data or task.heldout, #rows, cfg.n,
           cfg.temperature)
-local paths, md = rl.eval.report(report, {dir = cfg.out, title = title})
+local paths, md = rl.eval.report(report, {dir = cfg.out, title = title,
+                                          generations = generations})
 io.stdout:write(md)
-io.stderr:write(("rlhost: report in %s%s\n")
-                :format(paths.md, paths.png and (" and " .. paths.png) or ""))
+io.stderr:write(("rlhost: report in %s%s; every generation in %s\n")
+                :format(paths.md, paths.png and (" and " .. paths.png) or "", paths.samples))

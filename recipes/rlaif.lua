@@ -62,6 +62,7 @@ local cfg = rl.config {
   checkpoint_every = 25,
   keep_last = 2,
   plot = true,                    -- metrics.png at the end (needs matplotlib in .venv)
+  log_samples = 8,                -- samples per step kept in <dir>/samples.jsonl (0: none, -1: all)
   tensorboard = false,            -- also TensorBoard events in <dir>/tensorboard/ (tensorboard --logdir runs/)
   resume = true,                  -- continue the run in `dir` if there is one
   fresh = false,                  -- start again in `dir`, removing its checkpoints
@@ -106,9 +107,9 @@ end
 -- the directory moved, are fine: resuming extends the run).
 local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwrite = cfg.fresh,
                    checkpoint_every = cfg.checkpoint_every, keep_last = cfg.keep_last,
-                   plot = cfg.plot, tensorboard = cfg.tensorboard,
+                   plot = cfg.plot, tensorboard = cfg.tensorboard, log_samples = cfg.log_samples,
                    allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir",
-                                          "tensorboard"}}
+                                          "tensorboard", "log_samples"}}
 
 -- Scoring: the judge first; samples it cannot score (server down, an answer with no
 -- readable score) go to the native reward. rl.fallback prints one line the first
@@ -207,7 +208,7 @@ for step in run:steps(cfg.steps) do
 
   -- 2. Score: one reward per sample in [0, 1]; nil when nothing could score it.
   stop = run:phase("score")
-  local rewards = rl.score(scorer, samples, {raise = true})
+  local rewards, scored = rl.score(scorer, samples, {raise = true})
   stop()
 
   -- 3. Advantages. The KL penalty comes off the reward first; then each sample is
@@ -235,6 +236,9 @@ for step in run:steps(cfg.steps) do
       if not cfg.train_off_policy then adv[i] = nil end
     end
   end
+  -- What the model wrote and what it got for it: samples.jsonl, and the completion
+  -- and reward metrics (lengths, clipped_ratio, tokens/s, reward_by_source, ...).
+  run:log_samples(samples, {rewards = rewards, info = scored, advantages = adv, group = cfg.group})
 
   -- 4. Update: gradients accumulate over micro-batches and are normalised by the
   -- whole batch's token count, so the result does not depend on micro_batch.

@@ -21,6 +21,9 @@
 --                     extend a finished run
 --   overwrite         start afresh in a directory that holds an earlier run
 --   plot              write metrics.png with scripts/plot.py at the end (default true)
+--   log_samples       samples per step run:log_samples keeps in samples.jsonl: the
+--                     step's first k (with groups of k, the first prompt's group;
+--                     default 8; 0: none, -1: all)
 --   tensorboard       also write the metrics as TensorBoard events in <dir>/tensorboard/
 --                     (scripts/tensorboard_export.py) at every checkpoint and at the end
 --   seed              math.random is seeded with it when the run starts afresh
@@ -31,7 +34,8 @@
 --
 -- Files: run.json (format version), config.json, metrics.jsonl (one JSON object
 -- per step, keys sorted; wall-clock times only under "time", so runs can be
--- compared without them), ckpt-<step>/ (see rl.checkpoint), metrics.png.
+-- compared without them), samples.jsonl (run:log_samples), ckpt-<step>/ (see
+-- rl.checkpoint), metrics.png, tensorboard/.
 --
 -- Exact resume: a checkpoint holds everything registered plus math.random's state;
 -- metrics lines past the checkpoint's step are dropped on resume, so each step
@@ -110,7 +114,7 @@ function M.run(opts)
   for k in pairs(opts) do
     local known = {dir = 1, resume = 1, checkpoint_every = 1, keep_last = 1, total = 1,
                    allow_config_change = 1, overwrite = 1, plot = 1, progress = 1,
-                   progress_every = 1, seed = 1, tensorboard = 1}
+                   progress_every = 1, seed = 1, tensorboard = 1, log_samples = 1}
     if not known[k] then config_error("rl.run: unknown option '%s'", tostring(k)) end
   end
   local self = setmetatable({}, Run)
@@ -145,6 +149,11 @@ function M.run(opts)
   end
   self.seed = self.seed or 0
   if math.type(self.seed) ~= "integer" then config_error("rl.run: seed must be an integer") end
+  self.keep_samples = opts.log_samples == nil and 8 or opts.log_samples
+  if math.type(self.keep_samples) ~= "integer" or self.keep_samples < -1 then
+    config_error("rl.run: log_samples must be an integer >= -1 (-1: all), got %s",
+                 tostring(opts.log_samples))
+  end
   -- Seeded here, not in steps(): a recipe may still seed after rl.run{} as it likes;
   -- a resumed run replaces this state with the checkpoint's.
   math.randomseed(self.seed)
@@ -247,8 +256,114 @@ local function finite(v)
   return r
 end
 
-function Run:_truncate_metrics(upto)
-  local path = self:path("metrics.jsonl")
+local function mean_of(acc)
+  local out = json.object()
+  for _, k in ipairs(batch.sorted_keys(acc)) do out[k] = acc[k][1] / acc[k][2] end
+  return next(out) and out or nil
+end
+
+-- What TRL logs about completions: lengths, the share cut at max_tokens, tokens
+-- and tokens/s (over this step's "generate" time so far).
+local function completion_metrics(samples, gen_secs)
+  local n, tokens, mn, mx, clipped = 0, 0, math.huge, -math.huge, 0
+  for _, s in ipairs(samples) do
+    if type(s.ids) == "table" then
+      local len = #s.ids
+      n, tokens = n + 1, tokens + len
+      mn, mx = math.min(mn, len), math.max(mx, len)
+    end
+    if s.finish == "length" then clipped = clipped + 1 end
+  end
+  local m = {clipped_ratio = #samples > 0 and clipped / #samples or nil}
+  if n > 0 then
+    m.completion_length = {mean = tokens / n, min = mn, max = mx}
+    m.tokens = tokens
+    if gen_secs and gen_secs > 0 then m.tokens_per_s = tokens / gen_secs end
+  end
+  return m
+end
+
+-- Mean reward by the scorer that gave it (a fallback chain's members) and by part
+-- of a weighted sum (rl.reward.mix: part1, part2, ...), and the fraction of groups
+-- whose rewards all agree (no signal for group-relative advantages).
+local function reward_metrics(rewards, info, n, group)
+  local by, parts = {}, {}
+  for i = 1, n do
+    local inf, r = info[i], rewards[i]
+    if type(inf) == "table" then
+      if r ~= nil and type(inf.source) == "string" then
+        local b = by[inf.source] or {0, 0}
+        b[1], b[2] = b[1] + r, b[2] + 1
+        by[inf.source] = b
+      end
+      for k, v in pairs(type(inf.parts) == "table" and inf.parts or {}) do
+        local key = "part" .. tostring(k)
+        local b = parts[key] or {0, 0}
+        b[1], b[2] = b[1] + v, b[2] + 1
+        parts[key] = b
+      end
+    end
+  end
+  local m = {reward_by_source = mean_of(by), reward_parts = mean_of(parts)}
+  if group and group > 1 and n >= group and n % group == 0 then
+    local zero = 0
+    for g = 0, n // group - 1 do
+      local first, same = nil, true
+      for i = g * group + 1, (g + 1) * group do
+        local r = rewards[i]
+        if r ~= nil then
+          if first == nil then first = r elseif r ~= first then same = false end
+        end
+      end
+      if same then zero = zero + 1 end
+    end
+    m.frac_reward_zero_std = zero / (n // group)
+  end
+  return m
+end
+
+-- run:log_samples(samples, {rewards=, info=, advantages=, group=}): this step's
+-- completion and reward metrics (completion_length{mean,min,max}, clipped_ratio,
+-- tokens, tokens_per_s, reward_by_source, reward_parts, frac_reward_zero_std) into
+-- the metrics line, and up to `log_samples` of the samples into samples.jsonl, one
+-- JSON object each: step, prompt, completion (the generated text), reference,
+-- reward, reward_source, reason, advantage, version, finish, length (tokens),
+-- source (the generator), group, off_policy. Written when the step ends, so a
+-- resumed run keeps each step's samples once.
+function Run:log_samples(samples, o)
+  o = o or {}
+  local rewards, info, adv = o.rewards or {}, o.info or {}, o.advantages or {}
+  self:log(completion_metrics(samples, self.times.generate))
+  self:log(reward_metrics(rewards, info, #samples, o.group))
+  local keep = self.keep_samples < 0 and #samples or math.min(self.keep_samples, #samples)
+  self.pending_samples = self.pending_samples or {}
+  for i = 1, keep do
+    local s, inf = samples[i], info[i] or {}
+    self.pending_samples[#self.pending_samples + 1] = {
+      prompt = s.prompt, completion = s.text, reference = s.reference, reward = rewards[i],
+      reward_source = inf.source, reason = inf.reason or inf.message, advantage = adv[i],
+      version = s.version, finish = s.finish, length = type(s.ids) == "table" and #s.ids or nil,
+      source = s.source, group = s.group, off_policy = s.off_policy}
+  end
+end
+
+function Run:_write_samples(step)
+  local list = self.pending_samples
+  self.pending_samples = nil
+  if not list or #list == 0 then return end
+  if not self.samples_file then
+    self.samples_file = assert(io.open(self:path("samples.jsonl"), "ab"))
+  end
+  for _, rec in ipairs(list) do
+    rec = finite(rec)
+    rec.step = step
+    self.samples_file:write(json.encode(rec, {sort_keys = true, replace_invalid_utf8 = true}), "\n")
+  end
+  self.samples_file:flush()
+end
+
+function Run:_truncate_metrics(upto, name)
+  local path = self:path(name or "metrics.jsonl")
   local text = ckpt.read(path)
   if not text then return end
   local keep = {}
@@ -288,6 +403,7 @@ function Run:_start()
     for _, c in ipairs(ckpt.list(self.dir)) do fs.remove(c.path) end
     fs.remove(self:path("metrics.jsonl"))
     fs.remove(self:path("metrics.png"))
+    fs.remove(self:path("samples.jsonl"))
     fs.remove(self:path("tensorboard"))
   end
   for _, name in ipairs(ckpt.clean(self.dir)) do
@@ -299,6 +415,7 @@ function Run:_start()
   end
   fs.write(self:path("config.json"), json.encode(self.config, {indent = true}) .. "\n")
   self:_truncate_metrics(self.step)
+  self:_truncate_metrics(self.step, "samples.jsonl")
   self.metrics = assert(io.open(self:path("metrics.jsonl"), "ab"))
   if found then
     note(("resuming %s from %s (step %d)"):format(self.dir, found.name, found.step))
@@ -333,6 +450,7 @@ function Run:_progress(rec, step_secs)
   if eta then parts[#parts + 1] = "eta " .. fmt_secs(eta) end
   local r = reward_of(rec)
   if r then parts[#parts + 1] = ("reward %.4g"):format(r) end
+  if type(rec.loss) == "number" then parts[#parts + 1] = ("loss %.4g"):format(rec.loss) end
   local ns = rec.samples
   if type(ns) == "number" and step_secs > 0 then
     parts[#parts + 1] = ("%.1f samples/s"):format(ns / step_secs)
@@ -359,6 +477,10 @@ function Run:checkpoint()
   if self.metrics then
     self.metrics:flush()
     fs.fsync(self:path("metrics.jsonl"))
+  end
+  if self.samples_file then
+    self.samples_file:flush()
+    fs.fsync(self:path("samples.jsonl"))
   end
   local t0 = fs.monotonic()
   if self.ckpt_bytes then
@@ -406,6 +528,7 @@ function Run:_end_step()
   rec.time = times
   self.metrics:write(json.encode(rec, {sort_keys = true}), "\n")
   self.metrics:flush()
+  self:_write_samples(k)
   local interrupted = core.interrupted()
   local due = (self.every and self.every > 0 and k % self.every == 0) or k == self.total
               or interrupted
@@ -425,6 +548,7 @@ function Run:_finish()
   self.finished = true
   self:_end_line()
   if self.metrics then self.metrics:close(); self.metrics = nil end
+  if self.samples_file then self.samples_file:close(); self.samples_file = nil end
   if self.last_ckpt ~= self.step then self:_tensorboard() end
   if self.opts.plot ~= false then self:plot() end
   if self.lock then self.lock:release(); self.lock = nil end

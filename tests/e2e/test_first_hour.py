@@ -121,3 +121,88 @@ def test_tensorboard_events_hold_every_step_once(tmp_path):
     # without tensorboard=true nothing is written
     p = run(["sft", "steps=1", "dir=runs/plain", *QUICK], cwd=tmp_path)
     assert p.returncode == 0 and not (tmp_path / "runs" / "plain" / "tensorboard").exists()
+
+
+# -- 6 and 7. samples.jsonl and the metrics TRL logs ----------------------------------
+
+RL_QUICK = [*QUICK, "prompts=4", "group=4"]
+SAMPLE_FIELDS = {"step", "prompt", "completion", "reference", "reward", "reward_source",
+                 "version", "finish", "length", "source", "group"}
+
+
+def test_samples_jsonl_and_completion_metrics(tmp_path):
+    p = run(["rlaif", "steps=3", "log_samples=4", "dir=runs/rl", *RL_QUICK], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    rundir = tmp_path / "runs" / "rl"
+    samples = read_jsonl(rundir / "samples.jsonl")
+    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4 + [3] * 4
+    for s in samples:
+        assert SAMPLE_FIELDS <= set(s), s
+        assert s["reward_source"] == "native" and isinstance(s["completion"], str)
+        assert s["finish"] in ("stop", "length") and 0 < s["length"] <= 12
+        assert s["prompt"].startswith("sort ") and s["reference"]
+    for rec in read_jsonl(rundir / "metrics.jsonl"):
+        cl = rec["completion_length"]
+        assert cl["min"] <= cl["mean"] <= cl["max"] <= 12
+        assert 0 <= rec["clipped_ratio"] <= 1 and rec["tokens"] >= rec["samples"] * cl["min"]
+        assert rec["tokens_per_s"] > 0
+        assert rec["frac_reward_zero_std"] == pytest.approx(rec["zero_var_groups"] / 4)
+        assert rec["reward_by_source"]["native"] == pytest.approx(rec["reward"])
+    # a resumed, extended run keeps each step's samples once
+    p = run(["rlaif", "steps=5", "log_samples=4", "dir=runs/rl", *RL_QUICK], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    steps = [s["step"] for s in read_jsonl(rundir / "samples.jsonl")]
+    assert steps == sorted(steps) and all(steps.count(k) == 4 for k in range(1, 6))
+    # all, or none
+    p = run(["rlaif", "steps=1", "log_samples=-1", "dir=runs/all", *RL_QUICK], cwd=tmp_path)
+    assert p.returncode == 0 and len(read_jsonl(tmp_path / "runs/all/samples.jsonl")) == 16
+    p = run(["rlaif", "steps=1", "log_samples=0", "dir=runs/none", *RL_QUICK], cwd=tmp_path)
+    assert p.returncode == 0 and not (tmp_path / "runs/none/samples.jsonl").exists()
+
+
+def test_sft_progress_line_shows_the_loss(tmp_path):
+    p = run(["sft", "steps=2", "dir=runs/s", *QUICK], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("step ")]
+    recs = read_jsonl(tmp_path / "runs/s/metrics.jsonl")
+    assert lines and f"loss {recs[-1]['loss']:.4g}" in lines[-1]
+
+
+def test_eval_keeps_every_generation_beside_the_report(tmp_path):
+    p = run(["eval", "limit=3", "n=2", "temperature=1.0", "out=ev", "threads=1"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    gens = read_jsonl(tmp_path / "ev" / "samples.jsonl")
+    assert len(gens) == 6 and (tmp_path / "ev" / "report.md").exists()
+    assert [g["i"] for g in gens] == [1, 2, 3, 4, 5, 6]
+    for g in gens:
+        assert set(g["rewards"]) == {"native", "exact"}
+        assert g["prompt"].startswith("sort ") and isinstance(g["completion"], str)
+        assert g["reference"] and g["model"] == "builtin:tiny"
+
+
+def test_plot_panels_skip_constants_band_the_reward_and_smooth(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("plot", os.path.join(ROOT, "scripts", "plot.py"))
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    rows = [{"step": k, "lr": 0.002, "reward": (k % 3) / 2, "reward_std": 0.1,
+             "frac_reward_zero_std": 0.25 * (k % 2), "zero_var_groups": k % 2,
+             "completion_length": {"mean": 8.0 + k % 2, "min": 2, "max": 12},
+             "reward_by_source": {"native": (k % 3) / 2}} for k in range(1, 31)]
+    series = plot.numeric_series(rows)
+    names = plot.choose(series)
+    assert "lr" not in names and plot.constants(series)["lr"] == 0.002  # no wasted panel
+    assert names[:2] == ["reward", "frac_reward_zero_std"]
+    assert "reward_std" not in names and "completion_length.min" not in names  # bands
+    assert "reward_by_source.native" not in names and "zero_var_groups" not in names
+    ys = [v for _, v in series["reward"]]
+    sm = plot.smooth(ys)
+    spread = lambda v: max(v[5:]) - min(v[5:])  # noqa: E731
+    assert spread(sm) < spread(ys) and sm[0] == ys[0]
+    rundir = tmp_path / "r"
+    rundir.mkdir()
+    (rundir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    p = subprocess.run([PYTHON, os.path.join(ROOT, "scripts", "plot.py"), str(rundir)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert (rundir / "metrics.png").stat().st_size > 10000
