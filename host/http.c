@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "scrub.h"
 #include "sig.h"
 
 #define POLL_SLICE_MS 50
@@ -77,21 +78,6 @@ static double rnd(void)
     return (double)(g_rng >> 11) / 9007199254740992.0;
 }
 
-void http_scrub(char *s, const char *secret)
-{
-    if (!s || !secret || !*secret)
-        return;
-    size_t sl = strlen(secret);
-    char *p;
-    while ((p = strstr(s, secret)) != NULL) {
-        size_t rest = strlen(p + sl);
-        memcpy(p, "***", 3);
-        memmove(p + 3, p + sl, rest + 1); /* "***" is never longer than a key worth hiding */
-        if (sl < 3)                       /* shorter secrets: stop rather than grow */
-            break;
-    }
-}
-
 long http_parse_retry_after(const char *v, double now_epoch)
 {
     while (*v == ' ' || *v == '\t')
@@ -123,6 +109,7 @@ typedef struct Xfer {
     size_t len, cap, max;
     int too_big;
     char ctype[96];
+    const char *secret; /* http_params.secret: scrubbed from what we keep */
     long ra_ms;       /* retry-after-ms or Retry-After, -1 if absent */
     int should_retry; /* x-should-retry: -1 absent, 0 false, 1 true */
 } Xfer;
@@ -177,6 +164,7 @@ static size_t on_header(char *p, size_t sz, size_t nm, void *ud)
     while (*v == ' ' || *v == '\t')
         v++;
     if (strcasecmp(line, "content-type") == 0) {
+        scrub_secret_str(v, x->secret); /* before the cut, which could leave half a key */
         snprintf(x->ctype, sizeof x->ctype, "%s", v);
     } else if (strcasecmp(line, "retry-after-ms") == 0) {
         char *end;
@@ -263,10 +251,15 @@ typedef struct Req {
 static void fail_text(http_result *r, const http_params *p, const http_request *q,
                       const char *fmt, const char *detail)
 {
-    char what[200];
+    char what[200], full[2048];
     snprintf(what, sizeof what, fmt, detail);
-    snprintf(r->err, sizeof r->err, "POST %s: %s", q->url, what);
-    http_scrub(r->err, p->secret);
+    snprintf(full, sizeof full, "POST %s: %s", q->url, what);
+    scrub_secret_str(full, p->secret); /* before the cut to r->err, which could halve a key */
+    size_t k = strlen(full);
+    if (k >= sizeof r->err)
+        k = sizeof r->err - 1;
+    memcpy(r->err, full, k);
+    r->err[k] = '\0';
 }
 
 static void set_result_body(http_result *r, Xfer *x)
@@ -281,6 +274,11 @@ static void set_result_body(http_result *r, Xfer *x)
     }
     x->buf = NULL;
     x->len = x->cap = 0;
+    /* Before anything reads it (the error excerpt below, the caller's JSON decoding):
+     * a server that echoes the request's headers, plainly or escaped, must not hand
+     * the key to logs, caches or metrics. */
+    if (r->body)
+        scrub_secret(r->body, &r->body_len, x->secret);
     snprintf(r->content_type, sizeof r->content_type, "%s", x->ctype);
 }
 
@@ -293,6 +291,7 @@ static int start_attempt(const http_params *p, const http_request *q, Req *rq, X
     memset(x, 0, sizeof *x);
     x->easy = e;
     x->max = p->max_response;
+    x->secret = p->secret;
     x->ra_ms = -1;
     x->should_retry = -1;
     for (int i = 0; i < q->nheaders; i++) {

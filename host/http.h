@@ -7,8 +7,9 @@
  * the caller runs while transfers are in flight, so the Lua binding may call this
  * with no Lua on the C stack in between.
  *
- * Secrets: the caller names the secret it put in a header (the API key); every error
- * text this module writes is scrubbed of it, and curl's verbose output is never on. */
+ * Secrets: the caller names the secret it put in a header (the API key); response
+ * bodies, content types and every error text this module writes are scrubbed of it
+ * in every encoding scrub.h knows, and curl's verbose output is never on. */
 #ifndef RLHOST_HTTP_H
 #define RLHOST_HTTP_H
 
@@ -37,7 +38,7 @@ typedef struct http_params {
     long backoff_max_ms;      /* backoff cap (SDKs: 8000) */
     long retry_after_max_ms;  /* a server's retry-after above this is ignored (SDKs: 60 s) */
     size_t max_response;      /* response body cap in bytes */
-    const char *secret;       /* text to scrub from error messages (may be NULL) */
+    const char *secret;       /* text to scrub from bodies and errors (may be NULL) */
     int verify_tls;           /* 1: verify peer and host name (never 0 outside tests) */
     const char *ca_file;      /* PEM bundle to trust instead of the system's (NULL: system) */
 } http_params;
@@ -55,7 +56,8 @@ typedef struct http_result {
     int kind;             /* HTTP_OK or an HTTP_E_* */
     int retryable;        /* the last failure was of a retryable sort */
     long status;          /* last HTTP status (0: no response) */
-    char *body;           /* last response body, NUL-terminated (owned; http_result_free) */
+    char *body;           /* last response body, NUL-terminated, secret scrubbed (owned;
+                           * http_result_free) */
     size_t body_len;
     char content_type[96]; /* last response's Content-Type ("" if none) */
     int attempts;         /* attempts made (retries = attempts - 1) */
@@ -95,9 +97,6 @@ int http_status_retryable(long status);
 /* Parse a Retry-After value (delta seconds, possibly fractional, or an HTTP-date
  * relative to now_epoch) into milliseconds; -1 if unparsable. Exposed for tests. */
 long http_parse_retry_after(const char *v, double now_epoch);
-
-/* Replace every occurrence of secret in s (NUL-terminated, in place) with "***". */
-void http_scrub(char *s, const char *secret);
 
 /* Release the process-wide multi handle (at exit; optional). */
 void http_cleanup(void);

@@ -3,15 +3,17 @@
  * The handle owns the transport settings and the API key. The key is read from the
  * named environment variable here, kept in C memory only and added to request
  * headers in C, so no Lua value (and hence no log line, metric or error a recipe
- * makes) ever holds it; http.c scrubs it from error texts and we scrub response
- * bodies too, in case a server echoes headers. Request bodies are built and replies
- * decoded in lua/rl/endpoint.lua, which adds :generate, :chat, :complete to the
- * method table this module exports. */
+ * makes) ever holds it. http.c scrubs it from response bodies and error texts in
+ * every encoding scrub.h knows, in case a server echoes headers; what Lua assembles
+ * from several fields of a reply it scrubs again with ep:_scrub. Request bodies are
+ * built and replies decoded in lua/rl/endpoint.lua, which adds :generate, :chat,
+ * :complete to the method table this module exports. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "http.h"
 #include "lrl.h"
+#include "scrub.h"
 
 #define EP_MT "rl.endpoint"
 #define BOX_MT "rl.endpoint.box"
@@ -329,7 +331,6 @@ static int ep_post(lua_State *L)
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
         http_result *r = &b->res[i];
-        http_scrub(r->body, e->key);
         lua_createtable(L, 0, 10);
         lua_pushboolean(L, r->kind == HTTP_OK);
         lua_setfield(L, -2, "ok");
@@ -354,6 +355,28 @@ static int ep_post(lua_State *L)
             set_int(L, "retry_after_ms", r->retry_after_ms);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
+    return 1;
+}
+
+/* ep:_scrub(text) -> text with the handle's key removed (scrub.h), for texts Lua
+ * joins from several fields of a reply (a key split across them is whole again). */
+static int ep_scrub(lua_State *L)
+{
+    Endpoint *e = check_open(L);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    if (!e->key) {
+        lua_settop(L, 2);
+        return 1;
+    }
+    char *c = malloc(n + 1);
+    if (!c)
+        return luaL_error(L, "not enough memory");
+    memcpy(c, s, n);
+    c[n] = '\0';
+    scrub_secret(c, &n, e->key);
+    lua_pushlstring(L, c, n); /* on a memory error c leaks once; the key is not in it */
+    free(c);
     return 1;
 }
 
@@ -410,6 +433,7 @@ static int ep_tostring(lua_State *L)
 
 static const luaL_Reg methods[] = {
     {"_post", ep_post},
+    {"_scrub", ep_scrub},
     {"_state", ep_state},
     {"_info", ep_info},
     {"_transport_stats", ep_tstats},

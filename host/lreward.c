@@ -180,7 +180,9 @@ static double num_field(lua_State *L, int idx, const char *k, double dflt)
 }
 
 /* run(argv, files, stdin, limits) -> {reason=, exit=, signal=, stdout=, stderr=,
- * wall_ms=, isolated=, detail=}. Setup failures come back as reason = "setup". */
+ * wall_ms=, isolated=, no_sockets=, disk_capped=, detail=}; limits {cpu=, mem_mb=,
+ * fsize_mb=, disk_mb=, nproc=, timeout=, max_output=, require_isolation=}. Setup
+ * failures come back as reason = "setup". */
 static int l_run(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -192,6 +194,7 @@ static int l_run(lua_State *L)
         p.cpu_s = num_field(L, 4, "cpu", p.cpu_s);
         p.mem_bytes = (size_t)(num_field(L, 4, "mem_mb", (double)(p.mem_bytes >> 20)) * 1048576.0);
         p.fsize_bytes = (size_t)(num_field(L, 4, "fsize_mb", (double)p.fsize_bytes / 1048576.0) * 1048576.0);
+        p.disk_bytes = (size_t)(num_field(L, 4, "disk_mb", (double)p.disk_bytes / 1048576.0) * 1048576.0);
         p.nproc = (int)num_field(L, 4, "nproc", p.nproc);
         p.wall_s = num_field(L, 4, "timeout", p.wall_s);
         p.max_output = (size_t)num_field(L, 4, "max_output", (double)p.max_output);
@@ -242,7 +245,7 @@ static int l_run(lua_State *L)
     }
     char err[300];
     int rc = sandbox_run(&p, b->argv, b->files, nf, in, in_len, &b->r, err, sizeof err);
-    lua_createtable(L, 0, 9);
+    lua_createtable(L, 0, 11);
     lua_pushstring(L, sandbox_reason_name(b->r.reason));
     lua_setfield(L, -2, "reason");
     lua_pushstring(L, rc < 0 ? err : b->r.detail);
@@ -259,6 +262,10 @@ static int l_run(lua_State *L)
     lua_setfield(L, -2, "wall_ms");
     lua_pushboolean(L, b->r.isolated);
     lua_setfield(L, -2, "isolated");
+    lua_pushboolean(L, b->r.no_sockets);
+    lua_setfield(L, -2, "no_sockets");
+    lua_pushboolean(L, b->r.disk_capped);
+    lua_setfield(L, -2, "disk_capped");
     return 1;
 }
 

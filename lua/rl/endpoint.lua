@@ -130,11 +130,19 @@ local function read(info, res, state)
            latency_ms = res.latency_ms, status = res.status }
 end
 
--- Send bodies (JSON texts) and read the replies, in order.
+-- Send bodies (JSON texts) and read the replies, in order. The C side scrubbed the
+-- API key from each body in every encoding it knows; the decoded texts and messages
+-- are scrubbed again (ep:_scrub), which also catches a key that the server split
+-- across fields that read() joins (Anthropic text blocks).
 function methods:_send(bodies)
   local info, state = self:_info(), self:_state()
   local out = {}
-  for i, res in ipairs(self:_post(bodies)) do out[i] = read(info, res, state) end
+  for i, res in ipairs(self:_post(bodies)) do
+    local rep = read(info, res, state)
+    for k, t in ipairs(rep.texts or {}) do rep.texts[k] = self:_scrub(t) end
+    if rep.message then rep.message = self:_scrub(rep.message) end
+    out[i] = rep
+  end
   return out
 end
 

@@ -12,13 +12,15 @@
 --          shape="linear"|"quadratic"|"gaussian"|"step", side="both"|"max"|"min"}
 --   json{required={..}}                           valid JSON (and keys)
 --   run{lang="python"|"bash"|"c", check="syntax"|"tests", tests={{stdin=, stdout=}},
---       cpu=, mem_mb=, fsize_mb=, nproc=, timeout=, max_output=, require_isolation=}
+--       cpu=, mem_mb=, fsize_mb=, disk_mb=, nproc=, timeout=, max_output=,
+--       require_isolation=}
 --     runs the completion's code (its first ``` block, else the whole text) in the
 --     sandbox: syntax -> 1/0; tests -> fraction passed (a test without stdout passes
 --     when the program exits 0). info[i].reason is the sandbox's typed reason for the
---     first failure ("exit", "timeout", "cpu", "memory", "file_size", "output",
---     "signal"), info[i].isolated whether namespaces applied (see host/sandbox.h for
---     what happens where they cannot).
+--     first failure ("exit", "timeout", "cpu", "memory", "file_size", "disk", "output",
+--     "signal"), info[i].isolated whether namespaces applied, info[i].no_sockets
+--     whether the socket filter did, info[i].disk_capped whether disk_mb bounds every
+--     place it could write (see host/sandbox.h for what happens where they cannot).
 --   mix{{scorer, weight}, ..., missing="nil"|"renormalize"}
 --   native(name, opts)                             the constructor by name
 local core = require "rl.core"
@@ -145,6 +147,15 @@ local LANG = {
         run = function() return { "sh", "-c", "cc -O0 -o prog main.c && exec ./prog" } end },
 }
 
+-- What info[i] reports about a sandbox run r (nil when no test ran), added to t.
+local function run_info(r, t)
+  if r then
+    t.isolated, t.no_sockets, t.disk_capped = r.isolated, r.no_sockets, r.disk_capped
+    t.stderr, t.wall_ms = r.stderr:sub(1, 500), r.wall_ms
+  end
+  return t
+end
+
 function M.run(opts)
   opts = opts or {}
   local lang = LANG[opts.lang or "python"]
@@ -152,8 +163,8 @@ function M.run(opts)
   local check = opts.check or (opts.tests and "tests" or "syntax")
   if check ~= "syntax" and check ~= "tests" then config_error("rl.reward.run: 'check' must be syntax or tests") end
   local py = python_path()
-  local limits = { cpu = opts.cpu, mem_mb = opts.mem_mb, fsize_mb = opts.fsize_mb, nproc = opts.nproc,
-                   timeout = opts.timeout, max_output = opts.max_output,
+  local limits = { cpu = opts.cpu, mem_mb = opts.mem_mb, fsize_mb = opts.fsize_mb, disk_mb = opts.disk_mb,
+                   nproc = opts.nproc, timeout = opts.timeout, max_output = opts.max_output,
                    require_isolation = opts.require_isolation }
   local tests = opts.tests or { {} }
   return native("run", function(s)
@@ -162,8 +173,7 @@ function M.run(opts)
     if check == "syntax" then
       local r = R.run(lang.syntax(py), files, "", limits)
       if r.reason == "setup" then return nil, { kind = "internal", message = r.detail } end
-      return r.reason == "ok" and 1 or 0, r.reason,
-             { detail = r.detail, isolated = r.isolated, stderr = r.stderr:sub(1, 500), wall_ms = r.wall_ms }
+      return r.reason == "ok" and 1 or 0, r.reason, run_info(r, { detail = r.detail })
     end
     local passed, first, last = 0, nil, nil
     for _, t in ipairs(tests) do
@@ -181,8 +191,7 @@ function M.run(opts)
     end
     local r = first and first.r or last
     return passed / #tests, first and first.reason or "ok",
-           { passed = passed, total = #tests, detail = first and first.detail,
-             isolated = r and r.isolated, stderr = r and r.stderr:sub(1, 500), wall_ms = r and r.wall_ms }
+           run_info(r, { passed = passed, total = #tests, detail = first and first.detail })
   end)
 end
 

@@ -240,6 +240,98 @@ error(rl.error{{kind = "http", message = "final failure for the log"}})
                 assert KEY.encode() not in fh.read(), fn
 
 
+def key_exposures(blob: bytes, key: str = KEY) -> list[str]:
+    """How blob still gives key away: as it is, or after undoing up to two layers of
+    JSON/C backslash, percent or HTML escapes, or as base64 (any alignment). An oracle
+    written independently of host/scrub.c."""
+    import base64
+    import html
+    import re
+    import urllib.parse
+
+    simple = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "/": "/", "\\": "\\", '"': '"'}
+
+    def unbackslash(t: str) -> str:
+        def one(m: re.Match) -> str:
+            e = m.group(1)
+            if e[0] in "ux" and len(e) > 1:
+                return chr(int(e[1:], 16))
+            return simple.get(e, m.group(0))
+        return re.sub(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)", one, t)
+
+    found = []
+    views = {"as is": blob.decode("latin-1")}
+    for _ in range(2):
+        for name, t in list(views.items()):
+            for how, f in (("backslash", unbackslash), ("percent", urllib.parse.unquote),
+                           ("html", html.unescape)):
+                views.setdefault(f"{name}, {how}", f(t))
+    found += [name for name, t in views.items() if key in t]
+    for prefix in ("", "a", "ab"):
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            core = enc((prefix + key).encode()).decode()[4:-4]
+            if core in views["as is"]:
+                found.append(f"base64 after {len(prefix)} bytes")
+    return found
+
+
+def test_key_exposures_oracle():
+    """The oracle the next test relies on sees each encoding the teacher can echo."""
+    import teacher as T
+    assert key_exposures(b"nothing") == []
+    for mode in ("plain", "json_u", "json_mixed", "pct", "b64"):
+        echo, _ = T.key_echo(mode, KEY)
+        assert key_exposures(T.encode_body({"text": echo}, mode, KEY)), mode
+
+
+# The API key echoed back, each way the test teacher can: in a judge reply (stored in
+# the cache, kept in info[i].raw, logged to metrics and printed), in an error body and
+# in a Content-Type (error texts).
+ECHOES = [("openai-chat", "json_u", None), ("openai-chat", "json_mixed", None),
+          ("openai-chat", "pct", None), ("openai-chat", "b64", None), ("anthropic", "json_u", None),
+          ("anthropic", "split", None), ("openai-chat", None, "echo_escaped"),
+          ("anthropic", None, "echo_ctype")]
+
+
+@pytest.mark.parametrize("api,echo,fault", ECHOES)
+def test_key_never_leaks_encoded(tmp_path, teacher, api, echo, fault):
+    if fault:
+        teacher.configure(fault_rate=0.5, faults=[fault], seed=5)
+    else:
+        teacher.configure(echo_key=echo)
+    body = f"""
+local run = rl.run{{dir = "out/run", plot = false, progress = false}}
+local ep = rl.endpoint{{url="{teacher.url}", api="{api}", model="teach", api_key_env="RL_TEST_KEY",
+                       max_retries=0, concurrency=4}}
+local j = rl.judge{{endpoint=ep, cache="out/cache.sqlite"}}
+for step in run:steps(2) do
+  local r, info = rl.score(j, samples(8, "step" .. step))
+  for i = 1, #info do
+    out{{raw = info[i].raw, message = info[i].message, kind = info[i].kind}}
+    io.stderr:write(tostring(info[i].raw), " ", tostring(info[i].message), "\\n")
+  end
+  run:log{{reward = rl.mean(r), raw = info[1].raw, message = info[1].message}}
+end
+"""
+    (tmp_path / "out").mkdir()
+    p, lines = run_lua(tmp_path, body, env={"RL_TEST_KEY": KEY})
+    assert p.returncode == 0, p.stderr
+    st = teacher.stats()
+    assert st.get("auth_bearer", 0) + st.get("auth_x_api_key", 0) > 0
+    assert key_exposures(p.stdout.encode()) == []
+    assert key_exposures(p.stderr.encode()) == []
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs]
+    assert any(f.endswith("cache.sqlite") for f in files) and any(f.endswith("metrics.jsonl") for f in files)
+    for f in files:  # the SQLite file and its WAL as raw bytes, metrics, config
+        with open(f, "rb") as fh:
+            assert key_exposures(fh.read()) == [], f
+    if fault:  # the echo reached the client, and its text was printed
+        assert st.get("fault_" + fault, 0) > 0 and any(l.get("message") for l in lines)
+    else:  # the replies carried the (now starred) echo and were still scored
+        assert any("***" in l.get("raw", "") for l in lines), lines[:2]
+        assert not any(l.get("kind") for l in lines), lines[:2]
+
+
 def test_key_env_missing_is_config_error(tmp_path, teacher):
     body = f'rl.endpoint{{url="{teacher.url}", api_key_env="RL_NO_SUCH_KEY_VAR"}}'
     p, _ = run_lua(tmp_path, body)

@@ -21,6 +21,17 @@ generator:
   fail_first   the first N requests are faulted for sure, cycling through faults
   echo         (a fault kind) 400 whose body echoes the request headers, so a test
                can check that the client scrubs its key from error texts
+  echo_escaped (a fault kind) 400 whose error message quotes the key it got with
+               its first character \\u-escaped in the JSON body
+  echo_ctype   (a fault kind) 200 with a Content-Type that is not JSON and carries
+               the key it got (a header-ish echo that ends up in the error text)
+  echo_key     answers (judge or echo) start by quoting the key they got as
+               "Authorization: Bearer KEY", encoded so: "plain", "json_u" (every
+               character \\u-escaped in the JSON body), "json_mixed" (every other
+               character \\u-escaped), "split" (Anthropic: the key cut in two text
+               blocks, which the client joins; others: as json_mixed), "pct"
+               (percent-encoded in the text), "b64" (the text quotes
+               "Authorization: Basic base64(user:KEY)"); None: no echo
   ignore_n     answer one choice whatever n asks for (llama.cpp, Ollama)
   api_key      when set, a request without this key (Authorization: Bearer or
                x-api-key) gets 401 with an OpenAI-style body that quotes the key it got
@@ -35,6 +46,7 @@ GET /_stats returns the counters; POST /_config merges new settings (and with
 """
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import random
@@ -57,6 +69,7 @@ DEFAULTS = {
     "rule": "len10",
     "fail_first": 0,
     "api_key": None,
+    "echo_key": None,
 }
 
 # Faults that are answers (status 200, well-formed), not transport failures.
@@ -107,6 +120,41 @@ def cut_off(answer: str, prompt: str) -> str:
     if RESP_RE.search(prompt):
         return CUT_JUDGE
     return answer[:len(answer) // 2]
+
+
+def received_key(headers) -> str:
+    return headers.get("x-api-key") or (headers.get("Authorization") or "").removeprefix("Bearer ")
+
+
+def json_escaped(key: str, every: int) -> str:
+    """key as JSON string content with every `every`-th character \\u-escaped."""
+    return "".join(f"\\u{ord(c):04x}" if i % every == 0 else c for i, c in enumerate(key))
+
+
+def key_echo(mode: str | None, key: str) -> tuple[str, list[str]]:
+    """The text an echoing answer starts with, and (for "split") the cut pieces, for
+    a key echoed in `mode` (see the module doc)."""
+    if not mode or not key:
+        return "", []
+    if mode == "pct":
+        return "You sent Authorization: Bearer " + "".join(f"%{ord(c):02X}" for c in key) + ". ", []
+    if mode == "b64":
+        return "You sent Authorization: Basic " + base64.b64encode(f"user:{key}".encode()).decode() + ". ", []
+    text = f"You sent Authorization: Bearer {key}. "
+    if mode == "split":
+        h = len("You sent Authorization: Bearer ") + len(key) // 2
+        return text, [text[:h], text[h:]]
+    return text, []
+
+
+def encode_body(body: dict, mode: str | None, key: str) -> bytes:
+    """JSON for body, the echoed key written with the escapes `mode` asks for."""
+    data = json.dumps(body)
+    if key and mode == "json_u":
+        data = data.replace(key, json_escaped(key, 1))
+    elif key and mode in ("json_mixed", "split"):
+        data = data.replace(key, json_escaped(key, 2))
+    return data.encode()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -199,6 +247,15 @@ class Handler(BaseHTTPRequestHandler):
         elif fault == "echo":
             body = json.dumps({"error": {"message": "bad request", "headers": dict(self.headers)}})
             self._send(400, body.encode())
+        elif fault == "echo_escaped":
+            # Short, and only the first character escaped, so that the whole key fits in
+            # the excerpt of the body that error texts quote.
+            key = received_key(self.headers)
+            data = json.dumps({"error": {"message": f"Bad key {key}"}})
+            self._send(400, data.replace(key, json_escaped(key, max(len(key), 1))).encode())
+        elif fault == "echo_ctype":
+            self._send(200, b"<html>proxy login</html>",
+                       ctype=f"text/html; token={received_key(self.headers)}")
         elif fault == "ctype":
             self._send(200, b"<html><body>Bad gateway</body></html>", ctype="text/html")
         elif fault == "hang":
@@ -221,6 +278,8 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def _answer(self, path: str, req: dict, cfg: dict, unparsable: bool, cut: bool = False):
+        key = received_key(self.headers) if cfg["echo_key"] else ""
+        echo, pieces = key_echo(cfg["echo_key"], key)
         if path.endswith("/messages"):
             text = " ".join(m["content"] if isinstance(m["content"], str) else
                             " ".join(b.get("text", "") for b in m["content"])
@@ -230,11 +289,12 @@ class Handler(BaseHTTPRequestHandler):
                 ans = "echo: " + text[-200:]
             if cut:
                 ans = cut_off(ans, text)
+            blocks = [{"type": "text", "text": p} for p in pieces[:-1]] + \
+                [{"type": "text", "text": (pieces[-1] if pieces else echo) + ans}]
             body = {"id": "msg_test", "type": "message", "role": "assistant", "model": req.get("model"),
-                    "content": [{"type": "text", "text": ans}],
-                    "stop_reason": "max_tokens" if cut else "end_turn",
+                    "content": blocks, "stop_reason": "max_tokens" if cut else "end_turn",
                     "usage": {"input_tokens": len(text) // 4 + 1, "output_tokens": len(ans) // 4 + 1}}
-            self._send(200, json.dumps(body).encode())
+            self._send(200, encode_body(body, cfg["echo_key"], key))
             return
         chat = path.endswith("/chat/completions")
         if chat:
@@ -247,7 +307,7 @@ class Handler(BaseHTTPRequestHandler):
         choices = []
         finish = "length" if cut else "stop"
         for i in range(n):
-            t = ans if ans is not None else f"echo {i}: {text[-200:]}"
+            t = echo + (ans if ans is not None else f"echo {i}: {text[-200:]}")
             if cut:
                 t = cut_off(t, text)
             if chat:
@@ -260,7 +320,7 @@ class Handler(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": len(text) // 4 + 1,
                           "completion_tokens": sum(len(c.get("text") or c["message"]["content"]) // 4 + 1
                                                    for c in choices)}}
-        self._send(200, json.dumps(body).encode())
+        self._send(200, encode_body(body, cfg["echo_key"], key))
 
 
 class Server(ThreadingHTTPServer):
