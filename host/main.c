@@ -29,7 +29,8 @@ static const char usage_text[] =
     "  -e CODE        run CODE (may be repeated; runs before RECIPE)\n"
     "  -i             interactive mode after the rest (rl is already required)\n"
     "  -              read the recipe from standard input\n"
-    "  -h, --help     show this help\n"
+    "  -h, --help     show this help; with a recipe (before or after it), the\n"
+    "                 recipe's settings, their types, defaults and comments\n"
     "  -v, --version  show the version and what it was built against\n"
     "  --             stop handling options\n"
     "\n"
@@ -64,6 +65,7 @@ typedef struct Args {
     const char *chunks[64]; /* -e CODE, in order */
     int nchunks;
     int interactive;
+    int help;     /* --help with a recipe: its settings, nothing run */
     int script;   /* index of RECIPE (or "-") in argv, 0 if none */
     int first;    /* first argument after options/script: settings and args */
 } Args;
@@ -81,6 +83,10 @@ static int parse_args(int argc, char **argv, Args *a)
         if (s[0] != '-' || strcmp(s, "-") == 0)
             break;
         if (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0) {
+            if (i + 1 < argc && argv[i + 1][0] != '-' && !ov_is_override(argv[i + 1])) {
+                a->help = 1; /* rlhost --help RECIPE */
+                continue;
+            }
             fputs(usage_text, stdout);
             exit(EXIT_OK);
         } else if (strcmp(s, "-v") == 0 || strcmp(s, "--version") == 0) {
@@ -103,6 +109,12 @@ static int parse_args(int argc, char **argv, Args *a)
     if (i < argc && !ov_is_override(argv[i]))
         a->script = i++;
     a->first = i;
+    for (int j = i; a->script && j < argc; j++) /* RECIPE --help | -h | help */
+        if (strcmp(argv[j], "--help") == 0 || strcmp(argv[j], "-h") == 0 ||
+            strcmp(argv[j], "help") == 0)
+            a->help = 1;
+    if (a->help && (!a->script || strcmp(argv[a->script], "-") == 0))
+        return usage_error("--help with a recipe needs the recipe's file%s", "");
     if (!a->script && !a->nchunks && !a->interactive) {
         if (i < argc)
             return usage_error("no recipe given before the setting '%s'", argv[i]);
@@ -205,6 +217,24 @@ static int run_script(lua_State *L, const char *path, char **argv, int argc, int
     return rt_report(L, rt_docall(L, n, 0));
 }
 
+/* RECIPE --help: rl.help.main prints the recipe's settings, running it no further
+ * than its rl.config call. Returns its exit status. */
+static int recipe_help(lua_State *L, const char *path)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "rl.help");
+    int status = rt_docall(L, 1, 1);
+    if (status != LUA_OK)
+        return rt_report(L, status);
+    lua_getfield(L, -1, "main");
+    lua_pushstring(L, path);
+    if ((status = rt_docall(L, 1, 1)) != LUA_OK)
+        return rt_report(L, status);
+    int rc = (int)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    return rc;
+}
+
 /* `rl` as a global for -e and the REPL, like `lua -l`. */
 static int require_rl_global(lua_State *L)
 {
@@ -270,6 +300,10 @@ int main(int argc, char **argv)
         goto done;
     for (int i = 0; i < a.nchunks && rc == EXIT_OK; i++)
         rc = run_chunk(L, a.chunks[i]);
+    if (rc == EXIT_OK && script && a.help) {
+        rc = recipe_help(L, script);
+        goto done;
+    }
     if (rc == EXIT_OK && script)
         rc = run_script(L, script, argv, argc, a.script, a.interactive);
     if (rc == EXIT_OK && a.interactive) {

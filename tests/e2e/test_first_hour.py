@@ -206,3 +206,56 @@ def test_plot_panels_skip_constants_band_the_reward_and_smooth(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert (rundir / "metrics.png").stat().st_size > 10000
+
+
+# -- 1. recipe help and TRL's names ---------------------------------------------------
+
+@pytest.mark.parametrize("args", [["recipes/sft.lua", "--help"], ["sft", "-h"], ["sft", "help"],
+                                  ["--help", "recipes/sft.lua"], ["sft", "steps=3", "--help"]])
+def test_recipe_help_lists_settings_and_runs_nothing(tmp_path, args):
+    p = run(args, cwd=tmp_path, timeout=60)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert out.startswith("recipes/sft.lua — supervised fine-tuning")  # the header comment
+    assert "settings (set any with key=value after the recipe):" in out
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("  ") and "(" in ln}
+    assert "lr" in rows and "(float)" in rows["lr"] and "0.002" in rows["lr"]
+    assert "max global gradient norm" in rows["clip"] and "(float)" in rows["clip"]
+    assert "(unset)" in rows["init"] and "(string)" in rows["init"]
+    assert "(boolean)" in rows["plot"] and "true" in rows["plot"]
+    assert "step 1" not in p.stderr and "loaded" not in p.stderr
+    assert os.listdir(tmp_path) == []  # no runs/sft: nothing ran
+
+
+def test_rlaif_help_names_the_teacher_variables(tmp_path):
+    p = run(["recipes/rlaif.lua", "--help"], cwd=tmp_path, timeout=60)
+    assert p.returncode == 0 and os.listdir(tmp_path) == []
+    line = next(ln for ln in p.stdout.splitlines() if ln.strip().startswith("teacher_url"))
+    assert "$RL_TEACHER_URL" in line
+    assert "samples per prompt" in next(ln for ln in p.stdout.splitlines()
+                                        if ln.strip().startswith("group "))
+
+
+def test_help_stops_a_recipe_that_acts_before_rl_config(tmp_path):
+    (tmp_path / "odd.lua").write_text(
+        '-- odd: opens its run before its settings\nlocal rl = require "rl"\n'
+        'local run = rl.run{dir = "runs/odd"}\nfor _ in run:steps(2) do end\n'
+        'local cfg = rl.config{steps = 2}\n')
+    p = run(["odd.lua", "--help"], cwd=tmp_path, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("odd: opens its run") and "rl.run before any rl.config" in p.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("recipe,trl,ours", [
+    ("sft", "learning_rate", "lr"), ("sft", "max_steps", "steps"),
+    ("sft", "per_device_train_batch_size", "micro_batch"),
+    ("sft", "gradient_accumulation_steps", "batch"), ("sft", "warmup_steps", "warmup"),
+    ("sft", "max_grad_norm", "clip"), ("sft", "num_train_epochs", "steps"),
+    ("rlaif", "num_generations", "group"), ("rlaif", "max_completion_length", "max_tokens"),
+    ("rlaif", "beta", "kl"), ("rlaif", "gradient_accumulation_steps", "prompts")])
+def test_trl_names_get_the_rlhost_name(tmp_path, recipe, trl, ours):
+    p = run([recipe, f"{trl}=1"], cwd=tmp_path, timeout=60)
+    assert p.returncode == 2
+    assert f"unknown setting '{trl}' (TRL's '{trl}' is '{ours}' here" in p.stderr
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,223 @@
+-- rl.help: `rlhost RECIPE --help` (also -h, help, and `rlhost --help RECIPE`): the
+-- recipe's header comment and every setting of its rl.config{} with type, default
+-- and the comment beside it, printed without running the recipe past rl.config;
+-- and the names TRL users type (learning_rate, num_generations, ...) mapped to
+-- rlhost's in "unknown setting" errors.
+--
+--   help.main(path) -> exit status    -- called by the host (host/main.c)
+--   help.alias(key, known) -> hint or nil
+local M = {}
+
+-- TRL (and transformers' TrainingArguments) names -> the rlhost settings that do the
+-- same, first one present in the recipe wins; `note` says what differs.
+M.ALIASES = {
+  learning_rate = {"lr"},
+  num_generations = {"group"},
+  max_steps = {"steps"},
+  num_train_epochs = {"steps", note = "rlhost counts optimizer steps, not epochs"},
+  max_completion_length = {"max_tokens"},
+  max_new_tokens = {"max_tokens"},
+  beta = {"kl"},
+  kl_coef = {"kl"},
+  per_device_train_batch_size = {"micro_batch", note = "samples per forward/backward"},
+  gradient_accumulation_steps = {"batch", "prompts", note =
+    "rlhost takes the batch per optimizer step and micro_batch=; accumulation follows"},
+  warmup_steps = {"warmup"},
+  max_grad_norm = {"clip"},
+  lr_scheduler_type = {"schedule"},
+  output_dir = {"dir"},
+  model_name_or_path = {"model"},
+  dataset_name = {"data"},
+  train_file = {"data"},
+  eval_steps = {"eval_every"},
+  save_steps = {"checkpoint_every"},
+  save_total_limit = {"keep_last"},
+  num_iterations = {"epochs"},
+  epsilon = {"clip_low"},
+  epsilon_high = {"clip_high"},
+  scale_rewards = {"normalize"},
+  report_to = {"tensorboard"},
+  logging_dir = {"dir"},
+  resume_from_checkpoint = {"resume", "init"},
+  temperature = {"temperature"},
+}
+
+-- alias(key, known) -> " (TRL's 'learning_rate' is 'lr' here)" or nil when the key
+-- is not a name rlhost knows from TRL.
+function M.alias(key, known)
+  local a = M.ALIASES[key]
+  if not a then return nil end
+  for _, name in ipairs(a) do
+    if known[name] ~= nil then
+      return (" (TRL's '%s' is '%s' here%s)"):format(key, name, a.note and ("; " .. a.note) or "")
+    end
+  end
+  if a[1] == key then
+    return (" (this recipe has no '%s' setting; see its --help)"):format(key)
+  end
+  return (" (TRL's '%s' is '%s' in rlhost, but this recipe has no such setting; "
+          .. "see its --help)"):format(key, a[1])
+end
+
+local HELP_WORDS = {["--help"] = true, ["-h"] = true, help = true}
+M.HELP_WORDS = HELP_WORDS
+
+-- The comment block at the top of the file, without the comment marks.
+local function header(lines)
+  local out = {}
+  for _, line in ipairs(lines) do
+    local text = line:match("^%-%-+ ?(.*)$")
+    if not text then break end
+    out[#out + 1] = text
+  end
+  return out
+end
+
+-- key -> comment from the rl.config{...} block's lines ("key = value, -- comment"),
+-- with comment-only lines that follow a setting joined to its comment; and the keys
+-- in the order the block lists them.
+local function comments(lines)
+  local first
+  for i, line in ipairs(lines) do
+    if line:match("config%s*[{(]") and not line:match("^%s*%-%-") then first = i; break end
+  end
+  local notes, order = {}, {}
+  if not first then return notes, order end
+  local depth, last = 0, nil
+  for i = first, #lines do
+    local line = lines[i]
+    local code, comment = line:match("^(.-)%-%-%s?(.*)$")
+    code = code or line
+    if depth == 1 or i == first then
+      local start = i == first and code:match("config%s*[{(]%s*{?()") or 1
+      local key = code:sub(start):match("^%s*([%a_][%w_]*)%s*=")
+      if key then
+        order[#order + 1] = key
+        notes[key] = comment and comment:gsub("%s+$", "") or nil
+        local env = code:match("os%.getenv%s*%(?%s*[\"']([%w_]+)")
+        if env then notes[key] = ("(from $%s) %s"):format(env, notes[key] or "") end
+        last = key
+      elseif comment and code:match("^%s*$") and last and notes[last] then
+        notes[last] = notes[last] .. " " .. comment:gsub("%s+$", "")
+      end
+      -- a second setting on the same line ("clip_low = 0.2, clip_high = 0.2, -- ...")
+      for more in code:sub(start):gmatch(",%s*([%a_][%w_]*)%s*=") do
+        order[#order + 1] = more
+        notes[more] = notes[more] or notes[last]
+      end
+    end
+    local from = i == first and (code:match("config%s*()[{(]") or 1) or 1
+    for c in code:sub(from):gmatch("[{}()]") do
+      depth = depth + ((c == "{" or c == "(") and 1 or -1)
+    end
+    if depth <= 0 then break end
+  end
+  return notes, order
+end
+
+local function typename(v)
+  if math.type(v) then return math.type(v) end
+  return type(v)
+end
+
+-- type, default text of a declared setting: a plain default, rl.optional(type
+-- [, default]) or a declaration table with type=/default=/help= fields.
+local function describe(v)
+  if type(v) == "table" then
+    local t = rawget(v, "type")
+    local d = rawget(v, "default")
+    local shown = d == nil and "(unset)" or (type(d) == "string" and ("%q"):format(d) or tostring(d))
+    if type(t) == "string" then return t, shown, rawget(v, "help") end
+    return "table", "{...}", rawget(v, "help")
+  end
+  if type(v) == "string" then return "string", ("%q"):format(v) end
+  return typename(v), tostring(v)
+end
+
+-- text(path, lines, defaults) -> the help text.
+function M.text(path, lines, defaults)
+  local out = {}
+  for _, h in ipairs(header(lines)) do out[#out + 1] = h end
+  if #out > 0 then out[#out + 1] = "" end
+  if not defaults then
+    out[#out + 1] = ("%s has no rl.config{} settings to list."):format(path)
+    return table.concat(out, "\n") .. "\n"
+  end
+  local notes, order = comments(lines)
+  local seen, keys = {}, {}
+  for _, k in ipairs(order) do
+    if defaults[k] ~= nil and not seen[k] then seen[k] = true; keys[#keys + 1] = k end
+  end
+  local rest = {}
+  for k in pairs(defaults) do
+    if type(k) == "string" and not seen[k] then rest[#rest + 1] = k end
+  end
+  table.sort(rest)
+  for _, k in ipairs(rest) do keys[#keys + 1] = k end
+  out[#out + 1] = "settings (set any with key=value after the recipe):"
+  local rows, w1, w2 = {}, 0, 0
+  for _, k in ipairs(keys) do
+    local typ, default, help = describe(defaults[k])
+    rows[#rows + 1] = {k .. " (" .. typ .. ")", default, help or notes[k] or ""}
+    w1 = math.max(w1, #rows[#rows][1])
+    w2 = math.max(w2, math.min(#default, 22))
+  end
+  for _, r in ipairs(rows) do
+    local line = ("  %-" .. w1 .. "s  %-" .. w2 .. "s  %s"):format(r[1], r[2], r[3])
+    out[#out + 1] = (line:gsub("%s+$", ""))
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+local function read_lines(path)
+  local f, err = io.open(path, "r")
+  if not f then return nil, err end
+  local lines = {}
+  for line in f:lines() do lines[#lines + 1] = line end
+  f:close()
+  return lines
+end
+
+local STOP = {}  -- the error value that ends the recipe at rl.config
+
+-- main(path) -> exit status: run the recipe until it calls rl.config (which prints
+-- the help and stops it there), with every primitive that acts on the world (a
+-- run directory, a model, a dataset, an endpoint) stopping it instead: nothing
+-- is written, loaded or sent, whatever the recipe does before rl.config.
+function M.main(path)
+  local lines, err = read_lines(path)
+  if not lines then
+    io.stderr:write(("rlhost: cannot read recipe %s: %s\n"):format(path, err))
+    return 2
+  end
+  local rl = require "rl"
+  local saved, defaults = {}, nil
+  local function stop_at(name)
+    return function() error(setmetatable({at = name}, STOP), 0) end
+  end
+  local guarded = {"run", "model", "dataset", "endpoint", "judge", "generate", "score",
+                   "prompts", "cache"}
+  for _, name in ipairs(guarded) do saved[name] = rl[name]; rawset(rl, name, stop_at(name)) end
+  saved.config = rl.config
+  rawset(rl, "config", function(d)
+    defaults = d
+    error(setmetatable({at = "config"}, STOP), 0)
+  end)
+  local chunk, lerr = loadfile(path)
+  local ok, e = true, nil
+  if chunk then ok, e = pcall(chunk) else ok, e = false, lerr end
+  for name, f in pairs(saved) do rawset(rl, name, f) end
+  if not ok and getmetatable(e) ~= STOP then
+    io.stderr:write(("rlhost: %s\n"):format(tostring(e)))
+    return 2
+  end
+  io.stdout:write(M.text(path, lines, defaults))
+  if not defaults and e and e.at then
+    io.stdout:write(("(it calls rl.%s before any rl.config, so its settings are not known)\n")
+                    :format(e.at))
+  end
+  io.stdout:flush()
+  return 0
+end
+
+return M
