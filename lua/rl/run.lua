@@ -102,6 +102,22 @@ local function config_diff(old, new)
   return diffs
 end
 
+-- The command-line setting that makes the recipe pass rl.run option `opt` (the
+-- shipped recipes map fresh=true to overwrite, resume=true to resume), so a hint
+-- names something the user can type; else the option for the recipe's author.
+local SETTING_FOR = {overwrite = {"fresh", "overwrite"}, resume = {"resume"}, dir = {"dir"}}
+local function how(opt, value)
+  local resolved = require("rl.config").resolved()
+  local cfg = resolved and resolved.config or {}
+  for _, k in ipairs(SETTING_FOR[opt]) do
+    local v = rawget(cfg, k)
+    if v ~= nil and type(v) == type(value) then return ("%s=%s"):format(k, tostring(value)) end
+  end
+  return ("rl.run{%s = %s} in the recipe"):format(opt, type(value) == "string"
+                                                    and ("%q"):format(value) or tostring(value))
+end
+M.how = how
+
 local function has_method(obj, name)
   local ok, f = pcall(function() return obj[name] end)
   return ok and type(f) == "function"
@@ -160,8 +176,8 @@ function M.run(opts)
   local old_text = ckpt.read(self.dir .. "/config.json")
   local has_run = old_text or fs.stat(self.dir .. "/metrics.jsonl") or #ckpt.list(self.dir) > 0
   if has_run and not self.resume and not opts.overwrite then
-    config_error("%s already holds a run: pass resume=true to continue it or overwrite=true "
-                 .. "to start again", self.dir)
+    config_error("%s already holds a run: run with %s to continue it or %s to start again",
+                 self.dir, how("resume", true), how("overwrite", true))
   end
   if old_text and self.resume then
     local ok, old = pcall(json.decode, old_text)
@@ -180,8 +196,11 @@ function M.run(opts)
     end
     if #diffs > 0 then
       if not allow then
-        config_error("%s was run with another config; resume refused (pass allow_config_change"
-                     .. "=true to override):\n  %s", self.dir, table.concat(diffs, "\n  "))
+        config_error("%s was run with another config; resume refused: run with %s to start "
+                     .. "it again, or %s for a new run beside it (a recipe lets settings change "
+                     .. "on resume with rl.run{allow_config_change = {...}}):\n  %s", self.dir,
+                     how("overwrite", true), how("dir", self.dir .. "-2"),
+                     table.concat(diffs, "\n  "))
       end
       warn(("config changed since the run started: %s"):format(table.concat(diffs, "; ")))
     end
@@ -385,8 +404,8 @@ function Run:_start()
     -- Starting afresh would overwrite the checkpoints and metrics a user may still
     -- recover from (a copy cut short, a hand edit): refuse, touching nothing.
     config_error("%s holds checkpoints but none is usable (see the warnings above); resume "
-                 .. "refused: move them away, or pass overwrite=true without resume to start "
-                 .. "again", self.dir)
+                 .. "refused: move them away, or run with %s to start again", self.dir,
+                 how("overwrite", true))
   end
   if found then
     ckpt.restore(found, self.parts, warn)  -- may raise (another model): nothing written yet
@@ -538,8 +557,8 @@ function Run:_end_step()
     self:_end_line()
     error(core.error{kind = "interrupted", where = "rlhost: ",
                      message = ("interrupted after step %d; checkpoint %s/ckpt-%d written "
-                                .. "(run again with resume=true to continue)")
-                       :format(k, self.dir, k)}, 0)
+                                .. "(run again with %s to continue)")
+                       :format(k, self.dir, k, how("resume", true))}, 0)
   end
 end
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -259,3 +260,62 @@ def test_trl_names_get_the_rlhost_name(tmp_path, recipe, trl, ours):
     assert p.returncode == 2
     assert f"unknown setting '{trl}' (TRL's '{trl}' is '{ours}' here" in p.stderr
     assert os.listdir(tmp_path) == []
+
+
+# -- 5. every hint names something that works -------------------------------------------
+
+HINT = re.compile(r"\b(?:pass|run with|run again with|again with|set|try|use)\s+"
+                  r"((?:[a-z_]+=[^\s,;)\"']+)(?:\s+(?:or|and)\s+[a-z_]+=[^\s,;)\"']+)*)")
+
+
+def recipe_settings(name):
+    p = run([name, "--help"], cwd=ROOT, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return {ln.split()[0] for ln in p.stdout.splitlines() if re.match(r"  [a-z_]+ \(", ln)}
+
+
+def test_hints_in_the_sources_name_real_settings():
+    """Every `key=value` a message tells the user to type is a setting of a shipped
+    recipe (rl.run options go through run.lua's how(), which names the recipe's own)."""
+    settings = set()
+    for name in ("sft", "rlaif", "eval", "demo"):
+        settings |= recipe_settings(name)
+    found = []
+    verbs = re.compile(r"\b(pass|run with|run again with|again with|set|try|use)\s+[a-z_]+=")
+    for top in ("lua", "host", "recipes"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            for f in files:
+                if not f.endswith((".lua", ".c", ".h")):
+                    continue
+                path = os.path.join(dirpath, f)
+                lines = open(path, encoding="utf-8").read().split("\n")
+                if f.endswith(".lua"):  # comments out; a literal split over lines joined
+                    lines = [ln for ln in lines if not ln.lstrip().startswith("--")]
+                text = re.sub(r'"\s*(?:\.\.)?\s*\n\s*(?:\.\.)?\s*"', "", "\n".join(lines))
+                for m in re.finditer(r'"([^"\n]*)"', text):
+                    if verbs.search(m.group(1)):
+                        for key in re.findall(r"\b([a-z_]+)=(?:true|false|-?\d)", m.group(1)):
+                            found.append((path, key))
+    assert found, "the hint pattern matches nothing: the test would not catch a bad hint"
+    bad = [(os.path.relpath(p, ROOT), k) for p, k in found if k not in settings]
+    assert not bad, f"hints naming no setting of a shipped recipe: {bad}"
+
+
+def test_refusal_hints_work_when_typed(tmp_path):
+    base = ["sft", "steps=1", *QUICK]
+    assert run(base, cwd=tmp_path).returncode == 0
+    tried = 0
+    for change in (["resume=false"], ["lr=0.01"]):
+        p = run([*base, *change], cwd=tmp_path)
+        assert p.returncode == 2 and "allow_config_change=true" not in p.stderr
+        hints = [h for m in HINT.finditer(p.stderr) for h in re.findall(r"[a-z_]+=\S+?(?=[\s,;)]|$)",
+                                                                      m.group(1))]
+        hints += re.findall(r"\b(dir=\S+?) for a new run", p.stderr)
+        assert hints, p.stderr
+        for h in hints:
+            args = [a for a in base if not a.startswith(h.split("=")[0] + "=")]
+            extra = [c for c in change if not c.startswith("resume=")]
+            q = run([*args, *extra, h], cwd=tmp_path)
+            assert q.returncode == 0, f"the hint {h!r} from\n{p.stderr}\ndid not work:\n{q.stderr}"
+            tried += 1
+    assert tried >= 3
