@@ -217,6 +217,26 @@ static int run_script(lua_State *L, const char *path, char **argv, int argc, int
     return rt_report(L, rt_docall(L, n, 0));
 }
 
+/* Module search (lua/rl/paths.lua): the recipe's directory, the current one and
+ * rlhost's recipes/, with a one-line error for a module found in none. */
+static int setup_paths(lua_State *L, const char *home, const char *script_dir)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "rl.paths");
+    int status = rt_docall(L, 1, 1);
+    if (status == LUA_OK) {
+        lua_getfield(L, -1, "install");
+        lua_remove(L, -2);
+        lua_pushstring(L, home);
+        if (script_dir)
+            lua_pushstring(L, script_dir);
+        else
+            lua_pushnil(L);
+        status = rt_docall(L, 2, 0);
+    }
+    return status == LUA_OK ? EXIT_OK : rt_report(L, status);
+}
+
 /* RECIPE --help: rl.help.main prints the recipe's settings, running it no further
  * than its rl.config call. Returns its exit status. */
 static int recipe_help(lua_State *L, const char *path)
@@ -295,7 +315,8 @@ int main(int argc, char **argv)
     }
     create_arg_table(L, argv, argc, a.script ? a.script : a.first - 1);
 
-    rc = EXIT_OK;
+    if ((rc = setup_paths(L, home, script ? script_dir : NULL)) != EXIT_OK)
+        goto done;
     if ((a.nchunks || a.interactive) && (rc = require_rl_global(L)) != EXIT_OK)
         goto done;
     for (int i = 0; i < a.nchunks && rc == EXIT_OK; i++)

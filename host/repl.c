@@ -248,16 +248,21 @@ static int eval_chunk(lua_State *L)
     return lua_gettop(L);
 }
 
-/* Stack: values. Prints each through rl.repl.show, tab-separated. */
+/* Stack: values. Prints each through rl.repl.show, tab-separated; a string as it
+ * is (as lua.c does: a sample's text reads best unquoted). */
 static int print_values(lua_State *L)
 {
     int n = lua_gettop(L);
     lua_getfield(L, LUA_REGISTRYINDEX, REG_MOD);
     lua_getfield(L, -1, "show");
     for (int i = 1; i <= n; i++) {
-        lua_pushvalue(L, -1);
-        lua_pushvalue(L, i);
-        lua_call(L, 1, 1);
+        if (lua_type(L, i) == LUA_TSTRING) {
+            lua_pushvalue(L, i);
+        } else {
+            lua_pushvalue(L, -1);
+            lua_pushvalue(L, i);
+            lua_call(L, 1, 1);
+        }
         fputs(lua_tostring(L, -1), stdout);
         fputc(i < n ? '\t' : '\n', stdout);
         lua_pop(L, 1);

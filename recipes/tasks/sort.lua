@@ -5,9 +5,13 @@
 -- no teacher is configured or the teacher fails.
 local M = {}
 
-M.rubric = "recipes/rubrics/sort.txt"
-M.train = "recipes/data/sort_train.jsonl"
-M.heldout = "recipes/data/sort_heldout.jsonl"
+-- Paths from this file's own place, so a recipe saved anywhere (and an installed
+-- rlhost) finds the task's data: <dir of recipes/tasks>/../data/...
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+local recipes = here:match("^(.*)/tasks$") or (here .. "/..")
+M.rubric = recipes .. "/rubrics/sort.txt"
+M.train = recipes .. "/data/sort_train.jsonl"
+M.heldout = recipes .. "/data/sort_heldout.jsonl"
 M.stop = {"\n"}
 M.max_tokens = 12
 

@@ -319,3 +319,46 @@ def test_refusal_hints_work_when_typed(tmp_path):
             assert q.returncode == 0, f"the hint {h!r} from\n{p.stderr}\ndid not work:\n{q.stderr}"
             tried += 1
     assert tried >= 3
+
+
+# -- 2. a recipe of your own, anywhere; README followed verbatim -----------------------
+
+def readme_block(after):
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    start = text.index(after)
+    m = re.compile(r"```lua\n(.*?)```", re.S).search(text, start)
+    return m.group(1)
+
+
+def test_readme_recipe_of_your_own_runs_outside_the_tree(tmp_path):
+    code = readme_block("A recipe of your own")
+    assert 'require "tasks.sort"' in code
+    (tmp_path / "mine.lua").write_text(code)
+    p = run(["mine.lua", "steps=2"], cwd=tmp_path)  # as the README says, from elsewhere
+    assert p.returncode == 0, p.stderr
+    assert [r["step"] for r in read_jsonl(tmp_path / "runs/mine/metrics.jsonl")] == [1, 2]
+
+
+def test_own_task_found_next_to_the_recipe_and_in_the_current_directory(tmp_path):
+    task = ('local sort = require "tasks.sort"\nlocal M = {}\nfor k, v in pairs(sort) do '
+            'M[k] = v end\nM.name = "%s"\nreturn M\n')
+    recipe = ('local rl = require "rl"\nlocal t = require "tasks.mine"\n'
+              'local data = rl.dataset(t.train)\nprint(t.name, #data)\n')
+    (tmp_path / "proj" / "tasks").mkdir(parents=True)
+    (tmp_path / "proj" / "tasks" / "mine.lua").write_text(task % "beside")
+    (tmp_path / "proj" / "r.lua").write_text(recipe)
+    (tmp_path / "cwd" / "tasks").mkdir(parents=True)
+    (tmp_path / "cwd" / "tasks" / "mine.lua").write_text(task % "cwd")
+    p = run([str(tmp_path / "proj" / "r.lua")], cwd=tmp_path / "cwd")
+    assert p.returncode == 0 and p.stdout.split()[0] == "beside", p.stderr  # the recipe's first
+    os.remove(tmp_path / "proj" / "tasks" / "mine.lua")
+    p = run([str(tmp_path / "proj" / "r.lua")], cwd=tmp_path / "cwd")
+    assert p.returncode == 0 and p.stdout.split()[0] == "cwd", p.stderr
+    os.remove(tmp_path / "cwd" / "tasks" / "mine.lua")
+    p = run([str(tmp_path / "proj" / "r.lua")], cwd=tmp_path / "cwd")
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "module 'tasks.mine' not found" in lines[0]
+    assert "r.lua:2:" in lines[0]
+    for place in (str(tmp_path / "proj"), "the current directory", "recipes (rlhost's recipes)"):
+        assert place in lines[0]
