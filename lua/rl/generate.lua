@@ -7,6 +7,11 @@
 -- prompt-major list: samples[(i-1)*n + j] is sample j of prompt i, with
 -- prompt, text, prompt_ids, ids, logprobs, finish, version, source and group = i
 -- (fields a source cannot give, such as token ids from a text-only API, are nil).
+--
+-- The generated text is `sample.text`. A row's reference answer is
+-- `sample.reference`; a row that has only a `completion` (SFT data: prompt and
+-- completion) gives it as `sample.reference` too. `sample.completion` stays, for
+-- rewards written before, as the dataset's completion, never the generated text.
 
 local M = {}
 
@@ -78,6 +83,9 @@ function M.generate(source, prompts, opts)
         -- overwrite the generated text.
         for k, v in pairs(extra) do
           if s[k] == nil then s[k] = v end
+        end
+        if s.reference == nil and type(extra.completion) == "string" then
+          s.reference = extra.completion
         end
       end
     end

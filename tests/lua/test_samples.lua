@@ -63,5 +63,46 @@ t.test("log_samples must be an integer >= -1", function()
   t.raises(function() rl.run{dir = root .. "/b", log_samples = 1.5} end, "log_samples")
 end)
 
+-- rl.generate on a source that echoes a fixed text: no engine needed.
+local echo = {generate = function(_, texts, opts)
+  local out = {}
+  for i = 1, #texts * (opts.n or 1) do out[i] = {text = "generated " .. i, finish = "stop"} end
+  return out
+end}
+
+t.test("a row's completion is the sample's reference; the generated text is sample.text", function()
+  local s = rl.generate(echo, {{prompt = "p", completion = "the answer"},
+                               {prompt = "q", completion = "c", reference = "r"}}, {n = 2})
+  t.eq(s[1].text, "generated 1")
+  t.eq(s[1].reference, "the answer")
+  t.eq(s[1].completion, "the answer", "kept for rewards written before")
+  t.eq(s[3].reference, "r", "a row's own reference wins")
+end)
+
+t.test("a reward that never reads sample.text and scores all alike is warned about, once", function()
+  local script = root .. "/warn.lua"
+  t.write(script, [[
+local rl = require "rl"
+local echo = {generate = function(_, texts, opts)
+  local out = {}
+  for i = 1, #texts * (opts.n or 1) do out[i] = {text = "g" .. i} end
+  return out
+end}
+local rows = {{prompt = "p", completion = "a"}, {prompt = "q", completion = "b"}}
+local function wrong(s) return s.completion == s.reference and 1.0 or 0.0 end
+local function right(s) return s.text == s.reference and 1.0 or 0.0 end
+for _ = 1, 2 do rl.score(wrong, rl.generate(echo, rows, {n = 2})) end
+rl.score(right, rl.generate(echo, rows, {n = 2}))
+local r = rl.score(wrong, rl.generate(echo, rows, {n = 2}))
+print(#r, r[1])
+]])
+  local status, out, err = t.rlhost({script})
+  t.eq(status, 0, err)
+  t.match(out, "^4\t1%.0")
+  local _, count = err:gsub("warning: the reward function at [^\n]*warn%.lua:8 gave all 4 samples 1%.0 "
+                            .. "and never read sample%.text", "")
+  t.eq(count, 1, err)
+end)
+
 os.execute("rm -rf '" .. root .. "'")
 t.done()
