@@ -87,7 +87,16 @@ end
 -- Cheap checks first (data files, rubric, teacher settings): bad input stops the
 -- run with exit status 2 before a model loads or the run directory is touched.
 local data = rl.dataset(find(cfg.data or task.train), {shuffle = true, seed = cfg.seed})
-local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout)) or nil
+local heldout
+if cfg.eval_every > 0 and cfg.data and not cfg.eval_data then
+  -- The task's held-out prompts are another set than data= trains on: hold out the
+  -- end of the given data instead (scored with the task's reward, as training is).
+  data, heldout = rl.eval.hold_out_given(data, {
+    path = cfg.data, n = cfg.eval_prompts, dataset_opts = {shuffle = true, seed = cfg.seed},
+    scored_by = ("with the %s task's reward"):format(cfg.task)})
+elseif cfg.eval_every > 0 then
+  heldout = rl.dataset(find(cfg.eval_data or task.heldout))
+end
 
 -- The teacher, when one is configured: it grades samples with the rubric (the
 -- judge) and stands in for a failing local generator.

@@ -224,6 +224,34 @@ function M.markdown(rows, title)
   return table.concat(lines, "\n") .. "\n"
 end
 
+-- holdout(rows, n) -> train_rows, heldout_rows: the last n rows, at most a tenth of
+-- them, kept out of training to evaluate on (a recipe given data= without
+-- eval_data=: the task's own held-out set would measure another task). heldout_rows
+-- is nil when there are fewer than 10 rows.
+function M.holdout(rows, n)
+  local k = math.min(n, #rows // 10)
+  if k < 1 then return rows, nil end
+  return batch.slice(rows, 1, #rows - k), batch.slice(rows, #rows - k + 1, #rows)
+end
+
+-- hold_out_given(data, {path=, n=, scored_by=, dataset_opts=}) -> data, heldout:
+-- holdout() on a dataset given as data= without eval_data=, saying on stderr what
+-- is evaluated (the last rows of `path`, `scored_by`), or that there is too little
+-- data to evaluate on (heldout nil).
+function M.hold_out_given(data, o)
+  local dataset = require("rl.dataset").dataset
+  local rows, held = M.holdout(data:all(), o.n)
+  if not held then
+    io.stderr:write(("rlhost: data=%s without eval_data= has %d rows, too few to hold any "
+                     .. "out: no evaluation (give eval_data=)\n"):format(o.path, #data))
+    return data, nil
+  end
+  io.stderr:write(("rlhost: data=%s without eval_data=: evaluating on its last %d rows, held "
+                   .. "out of training, %s (eval_data= to choose, eval_every=0 for none)\n")
+                  :format(o.path, #held, o.scored_by))
+  return dataset(rows, o.dataset_opts), dataset(held)
+end
+
 -- samples_jsonl(generations) -> text: one JSON line per sample of each
 -- {model=, samples=, scores=} (as rl.eval.run returns them): model, i, prompt,
 -- completion (the generated text), reference, finish, length (tokens), source, and

@@ -362,3 +362,60 @@ def test_own_task_found_next_to_the_recipe_and_in_the_current_directory(tmp_path
     assert "r.lua:2:" in lines[0]
     for place in (str(tmp_path / "proj"), "the current directory", "recipes (rlhost's recipes)"):
         assert place in lines[0]
+
+
+# -- 4. data= without eval_data= evaluates on the given data ---------------------------
+
+PROBE_TASK = """-- a task whose reward tells which prompts it was given
+local sort = require "tasks.sort"
+local M = {}
+for k, v in pairs(sort) do M[k] = v end
+function M.reward(s)
+  local _ = s.text
+  return s.prompt:match("^mine:") and 1.0 or 0.0
+end
+return M
+"""
+
+
+def write_mine(path, n):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"prompt": f"mine: {i} =", "completion": f" {i}\n",
+                                "reference": str(i)}) + "\n")
+
+
+@pytest.mark.parametrize("recipe", ["sft", "rlaif"])
+def test_data_without_eval_data_holds_out_its_own_rows(tmp_path, recipe):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "probe.lua").write_text(PROBE_TASK)
+    write_mine(tmp_path / "mine.jsonl", 50)
+    extra = ["prompts=4", "group=2"] if recipe == "rlaif" else ["batch=8"]
+    p = run([recipe, "task=probe", "data=mine.jsonl", "steps=1", "eval_every=1", "dir=runs/a",
+             *extra, "threads=1", "plot=false"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "data=mine.jsonl without eval_data=: evaluating on its last 5 rows" in p.stderr
+    rec = read_jsonl(tmp_path / "runs/a/metrics.jsonl")[0]
+    assert rec["eval_reward"] == 1.0  # every evaluated prompt came from mine.jsonl
+    # eval_data= given: that is what is evaluated (the task's sort prompts here)
+    p = run([recipe, "task=probe", "data=mine.jsonl", "eval_data=" + os.path.join(
+        ROOT, "recipes/data/sort_heldout.jsonl"), "steps=1", "eval_every=1", "eval_prompts=8",
+             "dir=runs/b", *extra, "threads=1", "plot=false"], cwd=tmp_path)
+    assert p.returncode == 0 and "without eval_data" not in p.stderr, p.stderr
+    assert read_jsonl(tmp_path / "runs/b/metrics.jsonl")[0]["eval_reward"] == 0.0
+    # too few rows to hold any out: no evaluation, and it says so
+    write_mine(tmp_path / "tiny.jsonl", 6)
+    p = run([recipe, "task=probe", "data=tiny.jsonl", "steps=1", "eval_every=1", "dir=runs/c",
+             *extra, "threads=1", "plot=false"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "has 6 rows, too few to hold any out: no evaluation" in p.stderr
+    assert "eval_reward" not in read_jsonl(tmp_path / "runs/c/metrics.jsonl")[0]
+
+
+def test_sft_own_data_is_evaluated_by_exact_match_without_task(tmp_path):
+    write_mine(tmp_path / "mine.jsonl", 30)
+    p = run(["sft", "data=mine.jsonl", "steps=1", "eval_every=1", "batch=8", "dir=runs/a",
+             "threads=1", "plot=false"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "its last 3 rows, held out of training, by exact match with their reference" in p.stderr
+    assert "eval_reward" in read_jsonl(tmp_path / "runs/a/metrics.jsonl")[0]
