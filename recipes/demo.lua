@@ -18,16 +18,16 @@
 local rl = require "rl"
 
 local cfg = rl.config {
-  dir = "runs/demo",
+  dir = rl.setting{"runs/demo", dir = true},
   seed = 1,
-  sft_steps = 250,      -- warm start: see README ("The demo") for why this many
-  sft_schedule = "constant",
-  rl_steps = 60,
-  rl_lr = 3e-4,
-  prompts = 16,
-  group = 8,
+  sft_steps = rl.setting{250, min = 1}, -- warm start: see README ("The demo") for why this many
+  sft_schedule = rl.setting{"constant", choices = {"constant", "linear", "cosine"}},
+  rl_steps = rl.setting{60, min = 1},
+  rl_lr = rl.setting{3e-4, min = 0},
+  prompts = rl.setting{16, min = 1},
+  group = rl.setting{8, min = 1},
   fresh = false,        -- remove what an earlier demo left and start again
-  threads = 0,          -- torch threads per stage; 0 = one per core
+  threads = rl.setting{0, min = 0}, -- torch threads per stage; 0 = one per core
 }
 
 local host = arg[-1] or "rlhost"  -- this rlhost binary

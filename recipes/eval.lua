@@ -12,31 +12,35 @@
 -- models, the teacher choosing between their answers to each prompt (pairwise).
 local rl = require "rl"
 
+local SCORERS = {"native", "exact", "judge"}
 local cfg = rl.config {
-  task = "sort",                  -- recipes/tasks/<task>.lua: held-out data, rubric, reward
+  task = rl.setting{"sort", module = "tasks"},
+                                  -- recipes/tasks/<task>.lua: held-out data, rubric, reward
   model = "builtin:tiny",         -- the architecture the checkpoints hold
-  checkpoint = rl.optional "string", -- model A
-  compare = rl.optional "string", -- model B, side by side with A
+  checkpoint = rl.optional("string", nil, {exists = true}), -- model A
+  compare = rl.optional("string", nil, {exists = true}), -- model B, side by side with A
   label = rl.optional "string",   -- names in the report (default: the paths)
   compare_label = rl.optional "string",
   data = rl.optional "string",    -- default: the task's held-out file
-  limit = 0,                      -- evaluate the first `limit` prompts (0: all)
-  n = 1,                          -- samples per prompt (pass@k for k = 1 and n)
-  temperature = 0.0,              -- 0: greedy
-  max_tokens = 0,                 -- 0: the task's
-  scorers = "native,exact,judge", -- judge only when a teacher is configured
+  limit = rl.setting{0, min = 0}, -- evaluate the first `limit` prompts (0: all)
+  n = rl.setting{1, min = 1},     -- samples per prompt (pass@k for k = 1 and n)
+  temperature = rl.setting{0.0, min = 0}, -- 0: greedy
+  max_tokens = rl.setting{0, min = 0}, -- 0: the task's
+  scorers = rl.setting{"native,exact,judge", choices = SCORERS, list = true},
+                                  -- judge only when a teacher is configured
   pairwise = true,                -- with a teacher and two models: the teacher picks one
-  out = "runs/eval",              -- where the report goes
+  out = rl.setting{"runs/eval", dir = true}, -- where the report goes
   title = rl.optional "string",
-  teacher_url = rl.optional("string", os.getenv "RL_TEACHER_URL"),
-  teacher_model = rl.optional("string", os.getenv "RL_TEACHER_MODEL"),
-  teacher_api = os.getenv "RL_TEACHER_API" or "openai-chat",
-  teacher_key_env = rl.optional("string", os.getenv "RL_TEACHER_KEY_ENV"),
-  teacher_timeout = 60,
-  judge_cache = rl.optional "string",
+  teacher_url = rl.setting{type = "string", env = "RL_TEACHER_URL", requires = "teacher_model"},
+  teacher_model = rl.setting{type = "string", env = "RL_TEACHER_MODEL"},
+  teacher_api = rl.setting{"openai-chat", env = "RL_TEACHER_API",
+                           choices = {"openai-chat", "openai-completions", "anthropic"}},
+  teacher_key_env = rl.setting{type = "string", env = "RL_TEACHER_KEY_ENV"},
+  teacher_timeout = rl.setting{60, above = 0},
+  judge_cache = rl.optional("string", nil, {parent_exists = true}),
   rubric = rl.optional "string",  -- default: the task's
   seed = 1,
-  threads = 0,
+  threads = rl.setting{0, min = 0},
 }
 
 local function find(path)  -- default paths are relative to the rlhost tree
@@ -76,12 +80,7 @@ local available = {
   end,
 }
 local scorers = {}
-for name in cfg.scorers:gmatch("[^,%s]+") do
-  if not available[name] then
-    error(rl.error{kind = "config", where = "rlhost: ",
-                   message = ("unknown scorer '%s' in scorers= (native, exact, judge)")
-                     :format(name)}, 0)
-  end
+for name in cfg.scorers:gmatch("[^,%s]+") do  -- names rl.config checked against SCORERS
   local s = available[name]()
   if s then scorers[#scorers + 1] = {name, s} end
 end

@@ -10,64 +10,73 @@
 -- accumulated over micro-batches. Every knob below is a key=value override.
 --
 -- The teacher: RL_TEACHER_URL (an OpenAI-compatible /v1 base URL or Anthropic's),
--- RL_TEACHER_MODEL, RL_TEACHER_API (openai-chat | openai-completions | anthropic) and
--- the API key in the environment variable the endpoint reads (OPENAI_API_KEY,
--- ANTHROPIC_API_KEY, or the one RL_TEACHER_KEY_ENV names). Keys never reach the run
--- directory.
+-- RL_TEACHER_MODEL (required with it), RL_TEACHER_API (openai-chat | openai-completions
+-- | anthropic) and the API key in the environment variable the endpoint reads
+-- (OPENAI_API_KEY, ANTHROPIC_API_KEY, or the one RL_TEACHER_KEY_ENV names). Keys never
+-- reach the run directory.
 local rl = require "rl"
 
+local TEACHER_APIS = {"openai-chat", "openai-completions", "anthropic"}
 local cfg = rl.config {
-  task = "sort",                  -- recipes/tasks/<task>.lua: data, rubric, native reward
+  task = rl.setting{"sort", module = "tasks"},
+                                  -- recipes/tasks/<task>.lua: data, rubric, native reward
   model = "builtin:tiny",         -- a builtin: model or a local Hugging Face directory
-  init = rl.optional "string",    -- warm start: a checkpoint or run directory (runs/sft)
+  init = rl.optional("string", nil, {exists = true}),
+                                  -- warm start: a checkpoint or run directory (runs/sft)
   data = rl.optional "string",    -- training prompts (default: the task's)
   eval_data = rl.optional "string", -- held-out prompts for eval_reward (default: the task's)
-  dir = "runs/rlaif",
-  steps = 100,
-  prompts = 16,                   -- prompts per step
-  group = 8,                      -- samples per prompt: the baseline is the group's mean
-  micro_batch = 32,               -- samples per forward/backward (gradient accumulation)
-  epochs = 1,                     -- passes over each step's samples (PPO reuses them)
-  minibatches = 1,                -- optimizer updates per pass
-  loss = "pg",                    -- "pg" (REINFORCE with a group baseline) or "ppo" (clipped)
-  clip_low = 0.2, clip_high = 0.2, -- PPO's ratio clip range
-  lr = 3e-4,
-  warmup = 0,                     -- steps of linear lr warm-up (a fresh Adam's first
+  dir = rl.setting{"runs/rlaif", dir = true},
+  steps = rl.setting{100, min = 0},
+  prompts = rl.setting{16, min = 1}, -- prompts per step
+  group = rl.setting{8, min = 1}, -- samples per prompt: the baseline is the group's mean
+  micro_batch = rl.setting{32, min = 1}, -- samples per forward/backward (gradient accumulation)
+  epochs = rl.setting{1, min = 1}, -- passes over each step's samples (PPO reuses them)
+  minibatches = rl.setting{1, min = 1}, -- optimizer updates per pass
+  loss = rl.setting{"pg", choices = {"pg", "ppo"}},
+                                  -- "pg" (REINFORCE with a group baseline) or "ppo" (clipped)
+  clip_low = rl.setting{0.2, min = 0}, clip_high = rl.setting{0.2, min = 0},
+                                  -- PPO's ratio clip range
+  lr = rl.setting{3e-4, min = 0},
+  warmup = rl.setting{0, min = 0}, -- steps of linear lr warm-up (a fresh Adam's first
                                   -- steps move every weight by about lr)
-  weight_decay = 0.0,
-  clip = 1.0,                     -- max global gradient norm
-  kl = 0.0,                       -- weight of the KL penalty to the reference (the init)
-  temperature = 1.0,              -- sampling temperature (exploration)
-  max_tokens = 0,                 -- 0: the task's
-  baseline = "group",             -- or "rloo" (leave-one-out)
-  normalize = "std",              -- "std" (GRPO), "mean" (Dr. GRPO), "none"
+  weight_decay = rl.setting{0.0, min = 0},
+  clip = rl.setting{1.0, min = 0}, -- max global gradient norm
+  kl = rl.setting{0.0, min = 0},  -- weight of the KL penalty to the reference (the init)
+  temperature = rl.setting{1.0, min = 0}, -- sampling temperature (exploration)
+  max_tokens = rl.setting{0, min = 0}, -- 0: the task's
+  baseline = rl.setting{"group", choices = {"group", "rloo"}}, -- or "rloo" (leave-one-out)
+  normalize = rl.setting{"std", choices = {"std", "mean", "none"}},
+                                  -- "std" (GRPO), "mean" (Dr. GRPO), "none"
   skip_zero_var = true,           -- groups whose samples all scored the same teach nothing
   train_off_policy = false,       -- train on samples the fallback generator (teacher) wrote
-  generator = "policy",           -- "policy" (in process) or "worker" (a child process synced
+  generator = rl.setting{"policy", choices = {"policy", "worker"}},
+                                  -- "policy" (in process) or "worker" (a child process synced
                                   -- before every generation; a crash falls back to the teacher)
-  gen_timeout = 120,              -- seconds a worker generator may take per call
-  gen_retries = 1,                -- fresh-worker retries of a crashed call before the teacher
-  teacher_url = rl.optional("string", os.getenv "RL_TEACHER_URL"),
-  teacher_model = rl.optional("string", os.getenv "RL_TEACHER_MODEL"),
-  teacher_api = os.getenv "RL_TEACHER_API" or "openai-chat",
-  teacher_key_env = rl.optional("string", os.getenv "RL_TEACHER_KEY_ENV"),
-  teacher_timeout = 60,           -- seconds per request attempt
-  teacher_concurrency = 16,
-  teacher_retries = 4,            -- retries per request (429, 5xx, resets) with backoff
-  breaker_cooldown = 30,          -- seconds a source that keeps failing is skipped
-  judge_cache = rl.optional "string", -- SQLite file of judge scores (reruns ask nothing)
+  gen_timeout = rl.setting{120, above = 0}, -- seconds a worker generator may take per call
+  gen_retries = rl.setting{1, min = 0}, -- fresh-worker retries of a crashed call before
+                                  -- the teacher
+  teacher_url = rl.setting{type = "string", env = "RL_TEACHER_URL", requires = "teacher_model"},
+  teacher_model = rl.setting{type = "string", env = "RL_TEACHER_MODEL"},
+  teacher_api = rl.setting{"openai-chat", env = "RL_TEACHER_API", choices = TEACHER_APIS},
+  teacher_key_env = rl.setting{type = "string", env = "RL_TEACHER_KEY_ENV"},
+  teacher_timeout = rl.setting{60, above = 0}, -- seconds per request attempt
+  teacher_concurrency = rl.setting{16, min = 1},
+  teacher_retries = rl.setting{4, min = 0}, -- retries per request (429, 5xx, resets) with backoff
+  breaker_cooldown = rl.setting{30, min = 0}, -- seconds a source that keeps failing is skipped
+  judge_cache = rl.optional("string", nil, {parent_exists = true}),
+                                  -- SQLite file of judge scores (reruns ask nothing)
   rubric = rl.optional "string",  -- default: the task's
-  eval_every = 25,                -- held-out greedy reward every k steps (0: never)
-  eval_prompts = 200,
-  checkpoint_every = 25,
-  keep_last = 2,
+  eval_every = rl.setting{25, min = 0}, -- held-out greedy reward every k steps (0: never)
+  eval_prompts = rl.setting{200, min = 1},
+  checkpoint_every = rl.setting{25, min = 0},
+  keep_last = rl.setting{2, min = 0}, -- checkpoints kept (the newest verified ones; 0: all)
   plot = true,                    -- metrics.png at the end (needs matplotlib in .venv)
-  log_samples = 8,                -- samples per step kept in <dir>/samples.jsonl (0: none, -1: all)
+  log_samples = rl.setting{8, min = -1}, -- samples per step kept in <dir>/samples.jsonl (0: none, -1: all)
   tensorboard = false,            -- also TensorBoard events in <dir>/tensorboard/ (tensorboard --logdir runs/)
   resume = true,                  -- continue the run in `dir` if there is one
   fresh = false,                  -- start again in `dir`, removing its checkpoints
   seed = 1,
-  threads = 0,                    -- torch threads; 0 = one per core
+  threads = rl.setting{0, min = 0}, -- torch threads; 0 = one per core
 }
 
 local function find(path)  -- default paths are relative to the rlhost tree
@@ -79,10 +88,6 @@ local function note(msg) io.stderr:write("rlhost: " .. msg .. "\n") end
 local task = require("tasks." .. cfg.task)
 local max_tokens = cfg.max_tokens > 0 and cfg.max_tokens or task.max_tokens
 local threads = cfg.threads > 0 and cfg.threads or nil
-if cfg.generator ~= "policy" and cfg.generator ~= "worker" then
-  error(rl.error{kind = "config", where = "rlhost: ", message =
-        ("setting 'generator' must be \"policy\" or \"worker\", got %q"):format(cfg.generator)}, 0)
-end
 
 -- Cheap checks first (data files, rubric, teacher settings): bad input stops the
 -- run with exit status 2 before a model loads or the run directory is touched.

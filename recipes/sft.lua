@@ -10,28 +10,31 @@
 local rl = require "rl"
 
 local cfg = rl.config {
-  task = "sort",                  -- recipes/tasks/<task>.lua names the default data
+  task = rl.setting{"sort", module = "tasks"}, -- recipes/tasks/<task>.lua names the default data
   model = "builtin:tiny",         -- a builtin: model or a local Hugging Face directory
-  init = rl.optional "string",    -- start from this checkpoint or run directory's weights
+  init = rl.optional("string", nil, {exists = true}),
+                                  -- start from this checkpoint or run directory's weights
   data = rl.optional "string",    -- default: the task's training file
-  examples = 0,                   -- train on the first k examples only (0: all)
+  examples = rl.setting{0, min = 0}, -- train on the first k examples only (0: all)
   eval_data = rl.optional "string", -- held-out prompts for eval_reward (default: the task's)
-  dir = "runs/sft",
-  steps = 150,
-  batch = 32,                     -- examples per optimizer step
-  micro_batch = 32,               -- examples per forward/backward (gradient accumulation)
-  lr = 2e-3,
-  schedule = "constant",          -- or "linear", "cosine" (over `steps`)
-  warmup = 0,
-  weight_decay = 0.0,
-  clip = 1.0,                     -- max global gradient norm
+  dir = rl.setting{"runs/sft", dir = true},
+  steps = rl.setting{150, min = 0},
+  batch = rl.setting{32, min = 1}, -- examples per optimizer step
+  micro_batch = rl.setting{32, min = 1}, -- examples per forward/backward (gradient accumulation)
+  lr = rl.setting{2e-3, min = 0},
+  schedule = rl.setting{"constant", choices = {"constant", "linear", "cosine"}},
+                                  -- or "linear", "cosine" (over `steps`)
+  warmup = rl.setting{0, min = 0},
+  weight_decay = rl.setting{0.0, min = 0},
+  clip = rl.setting{1.0, min = 0}, -- max global gradient norm
   seed = 1,                       -- initial weights, data order
-  threads = 0,                    -- torch threads; 0 = one per core
-  transport = "embedded",         -- or "worker" (the engine in a child process)
-  eval_every = 25,                -- held-out greedy reward every k steps (0: never)
-  eval_prompts = 200,
-  checkpoint_every = 50,
-  keep_last = 2,                  -- checkpoints kept (the newest)
+  threads = rl.setting{0, min = 0}, -- torch threads; 0 = one per core
+  transport = rl.setting{"embedded", choices = {"embedded", "worker"}},
+                                  -- or "worker" (the engine in a child process)
+  eval_every = rl.setting{25, min = 0}, -- held-out greedy reward every k steps (0: never)
+  eval_prompts = rl.setting{200, min = 1},
+  checkpoint_every = rl.setting{50, min = 0},
+  keep_last = rl.setting{2, min = 0}, -- checkpoints kept (the newest verified ones; 0: all)
   plot = true,                    -- metrics.png at the end (needs matplotlib in .venv)
   tensorboard = false,            -- also TensorBoard events in <dir>/tensorboard/ (tensorboard --logdir runs/)
   resume = true,                  -- continue the run in `dir` if there is one

@@ -95,20 +95,24 @@ function M.verify(path)
   return man
 end
 
+-- usable(c) -> state | nil, why: checkpoint c (from list) verifies and its state.json
+-- belongs to its directory.
+local function usable(c)
+  local man, why = M.verify(c.path)
+  if not man then return nil, why end
+  local ok, state = pcall(json.decode, read(c.path .. "/state.json"))
+  if ok and type(state) == "table" and state.step == c.step then return state end
+  return nil, "state.json does not match its directory"
+end
+
 -- The newest checkpoint that verifies, warning about each one skipped.
--- latest(dir [, warn]) -> {step=, path=, state=} | nil
+-- latest(dir [, warn]) -> {step=, path=, state=} | nil; warn(message, path).
 function M.latest(dir, warn)
   warn = warn or function(msg) io.stderr:write("rlhost: warning: " .. msg .. "\n") end
   for _, c in ipairs(M.list(dir)) do
-    local man, why = M.verify(c.path)
-    if man then
-      local ok, state = pcall(json.decode, read(c.path .. "/state.json"))
-      if ok and type(state) == "table" and state.step == c.step then
-        return {step = c.step, path = c.path, name = c.name, state = state}
-      end
-      why = "state.json does not match its directory"
-    end
-    warn(("skipping checkpoint %s: %s"):format(c.path, why))
+    local state, why = usable(c)
+    if state then return {step = c.step, path = c.path, name = c.name, state = state} end
+    warn(("skipping checkpoint %s: %s"):format(c.path, why), c.path)
   end
   return nil
 end
@@ -127,19 +131,40 @@ function M.clean(dir)
   return removed
 end
 
--- Keep the newest `keep` checkpoints (by step); remove the rest. A checkpoint is
--- renamed to a temp name first so a crash mid-removal never leaves a half tree
--- under a checkpoint's name.
-function M.prune(dir, keep)
-  if not keep or keep < 1 then return end
-  local pid = fs.getpid()
-  for i, c in ipairs(M.list(dir)) do
-    if i > keep then
+-- prune(dir, keep [, known]) -> removed, unusable: keep the newest `keep` usable
+-- checkpoints (by step) and remove older usable ones. Only a checkpoint that verifies
+-- counts: one that does not (a cut manifest, a flipped byte) is neither counted nor
+-- removed, and comes back in `unusable` ({path=, name=, why=}) for the caller to
+-- report, since it may be all a user can recover from. `known` (path -> true or the
+-- reason it is unusable) remembers verdicts across calls, so each checkpoint is
+-- hashed once; a caller marks what it just wrote as true. A checkpoint is renamed to
+-- a temp name first so a crash mid-removal never leaves a half tree under a
+-- checkpoint's name.
+function M.prune(dir, keep, known)
+  local removed, unusable = {}, {}
+  if not keep or keep < 1 then return removed, unusable end
+  known = known or {}
+  local pid, kept = fs.getpid(), 0
+  for _, c in ipairs(M.list(dir)) do
+    local verdict = known[c.path]
+    if verdict == nil then
+      local state, why = usable(c)
+      verdict = state and true or why
+      known[c.path] = verdict
+    end
+    if verdict ~= true then
+      unusable[#unusable + 1] = {path = c.path, name = c.name, why = verdict}
+    elseif kept < keep then
+      kept = kept + 1
+    else
       local tmp = ("%s/.tmp-del-%s-%d"):format(dir, c.name, pid)
       fs.rename(c.path, tmp)
       fs.remove(tmp)
+      known[c.path] = nil
+      removed[#removed + 1] = c.name
     end
   end
+  return removed, unusable
 end
 
 local function restore_into(t, v)

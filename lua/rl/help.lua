@@ -97,8 +97,12 @@ local function comments(lines)
         local env = code:match("os%.getenv%s*%(?%s*[\"']([%w_]+)")
         if env then notes[key] = ("(from $%s) %s"):format(env, notes[key] or "") end
         last = key
-      elseif comment and code:match("^%s*$") and last and notes[last] then
-        notes[last] = notes[last] .. " " .. comment:gsub("%s+$", "")
+      elseif comment and code:match("^%s*$") and last then
+        -- a comment line under a setting continues (or is) its comment
+        local c = comment:gsub("%s+$", "")
+        notes[last] = notes[last] and (notes[last] .. " " .. c) or c
+      else
+        last = nil
       end
       -- a second setting on the same line ("clip_low = 0.2, clip_high = 0.2, -- ...")
       for more in code:sub(start):gmatch(",%s*([%a_][%w_]*)%s*=") do
@@ -122,13 +126,35 @@ end
 
 -- type, default text of a declared setting: a plain default, rl.optional(type
 -- [, default]) or a declaration table with type=/default=/help= fields.
+-- The rules of an rl.setting declaration in a few words: ">= 1", "one of pg, ppo".
+local function rules(v)
+  local out = {}
+  for _, r in ipairs{{"min", ">="}, {"above", ">"}, {"max", "<="}, {"below", "<"}} do
+    local x = rawget(v, r[1])
+    if x ~= nil then out[#out + 1] = r[2] .. " " .. tostring(x) end
+  end
+  local choices = rawget(v, "choices")
+  if type(choices) == "table" then
+    local names = {}
+    for i, c in ipairs(choices) do names[i] = tostring(c) end
+    out[#out + 1] = (rawget(v, "list") and "list of " or "one of ") .. table.concat(names, ", ")
+  end
+  for _, k in ipairs{"file", "dir", "exists"} do
+    if rawget(v, k) then out[#out + 1] = "a " .. (k == "exists" and "path" or k) end
+  end
+  return #out > 0 and (", " .. table.concat(out, ", ")) or ""
+end
+
 local function describe(v)
   if type(v) == "table" then
     local t = rawget(v, "type")
     local d = rawget(v, "default")
     local shown = d == nil and "(unset)" or (type(d) == "string" and ("%q"):format(d) or tostring(d))
-    if type(t) == "string" then return t, shown, rawget(v, "help") end
-    return "table", "{...}", rawget(v, "help")
+    local help = rawget(v, "help")
+    local env = rawget(v, "env")
+    if type(env) == "string" then help = ("(from $%s) %s"):format(env, help or "") end
+    if type(t) == "string" then return t .. rules(v), shown, help end
+    return "table", "{...}", help
   end
   if type(v) == "string" then return "string", ("%q"):format(v) end
   return typename(v), tostring(v)
@@ -159,7 +185,7 @@ function M.text(path, lines, defaults)
   for _, k in ipairs(keys) do
     local typ, default, help = describe(defaults[k])
     rows[#rows + 1] = {k .. " (" .. typ .. ")", default, help or notes[k] or ""}
-    w1 = math.max(w1, #rows[#rows][1])
+    w1 = math.max(w1, math.min(#rows[#rows][1], 30))
     w2 = math.max(w2, math.min(#default, 22))
   end
   for _, r in ipairs(rows) do

@@ -16,6 +16,7 @@ local lazy = {
   json = module "rl.json",
   config = field("rl.config", "config"),
   optional = field("rl.config", "optional"), -- a setting with no default: rl.optional "string"
+  setting = field("rl.config", "setting"),   -- a setting with rules: rl.setting{8, min = 1}
   fs = module "rl.fs",
   random = module "rl.random",
   -- datasets, batching, advantages, fallbacks, runs and evaluation

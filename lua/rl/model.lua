@@ -176,10 +176,13 @@ function M.model(opts)
   local t0 = require("rl.fs").monotonic()
   local m = C.open(opts)
   local path = type(opts) == "table" and opts.path
-  if type(path) == "string" and not path:match("^builtin:") then
+  local st = type(path) == "string" and require("rl.fs").stat(path)
+  if st and st.type == "dir" then
     local ok, info = pcall(m.info, m)
-    local what = ok and ("%.1fM parameters, %s"):format(info.params / 1e6, info.device) or ""
-    io.stderr:write(("rlhost: loaded model %s (%s) in %.1fs\n")
+    local what = ok and type(info.params) == "number"
+                 and (" (%.1fM parameters, %s)"):format(info.params / 1e6, tostring(info.device))
+                 or ""
+    io.stderr:write(("rlhost: loaded model %s%s in %.1fs\n")
                     :format(path, what, require("rl.fs").monotonic() - t0))
     io.stderr:flush()
   end

@@ -14,7 +14,8 @@
 --   dir               the run directory (created when needed)
 --   resume            continue from the newest complete checkpoint, if any
 --   checkpoint_every  checkpoint every k steps (besides the last step and a SIGINT)
---   keep_last         keep only the newest k checkpoints (default: all)
+--   keep_last         keep only the newest k usable checkpoints (default: all); one
+--                     that does not verify is reported once and left alone
 --   total             steps, when run:steps() is called without a number
 --   allow_config_change  resume even though config.json differs (else a config
 --                     error); or a list of keys that may differ, e.g. {"steps"} to
@@ -40,21 +41,22 @@
 -- Exact resume: a checkpoint holds everything registered plus math.random's state;
 -- metrics lines past the checkpoint's step are dropped on resume, so each step
 -- appears once and a killed-and-resumed run writes what an uninterrupted one does.
+-- A damaged line (not JSON) is not dropped silently: it moves to
+-- metrics.jsonl.damaged with a warning naming its line number.
 -- Registration (run:model, run:dataset, run:state) must happen before run:steps().
 local batch = require "rl.batch"
 local ckpt = require "rl.checkpoint"
 local core = require "rl.core"
 local fs = require "rl.fs"
 local json = require "rl.json"
+local util = require "rl.util"
 
 local M = {}
 M.FORMAT = 1
 local Run = {}
 Run.__index = Run
 
-local function config_error(msg, ...)
-  error(core.error{kind = "config", message = msg:format(...), where = "rlhost: "}, 0)
-end
+local config_error = util.config_error
 
 local function warn(msg)
   io.stderr:write("rlhost: warning: " .. msg .. "\n")
@@ -134,7 +136,13 @@ function M.run(opts)
     if not known[k] then config_error("rl.run: unknown option '%s'", tostring(k)) end
   end
   local self = setmetatable({}, Run)
-  self.dir = opts.dir:gsub("/+$", "")
+  self.dir = opts.dir:gsub("(.)/+$", "%1")
+  -- A file or a dangling symlink where the directory should be would fail only when
+  -- the first step starts, after the model loaded: say so now.
+  local why = util.dir_problem(self.dir)
+  if why then
+    config_error("rl.run: dir must be a directory or a path that can be created; %s", why)
+  end
   self.resume = opts.resume and true or false
   self.every = opts.checkpoint_every
   self.keep_last = opts.keep_last
@@ -144,6 +152,8 @@ function M.run(opts)
   self.parts = {models = {}, cursors = {}, tables = {}}
   self.names = {}
   self.times = {}
+  self.ckpt_known = {}     -- checkpoint path -> true (usable) or why not, for prune
+  self.ckpt_reported = {}  -- unusable checkpoints already reported
 
   -- Read-only checks first: a run directory we must not touch stays as it was.
   local runjson = ckpt.read(self.dir .. "/run.json")
@@ -381,16 +391,44 @@ function Run:_write_samples(step)
   self.samples_file:flush()
 end
 
+-- Line numbers as "3" or "2, 5 and 9" (the first ten, then a count).
+local function line_list(ns)
+  local shown = {}
+  for i = 1, math.min(#ns, 10) do shown[i] = tostring(ns[i]) end
+  local s = table.concat(shown, ", ")
+  if #ns > 10 then return s .. (" and %d more"):format(#ns - 10) end
+  return (s:gsub(", (%d+)$", " and %1"))
+end
+
+-- On resume, metrics.jsonl keeps the lines of steps up to the checkpoint's. A last
+-- line without "\n" was cut short by the process dying mid-write (its step comes
+-- after the checkpoint, which is taken only once the line is on disk) and is dropped.
+-- Any other line that is not a JSON object with an integer step is damage (a bad
+-- disk, a hand edit): it is moved, as it was, to metrics.jsonl.damaged (appended;
+-- written before metrics.jsonl is rewritten, so it is never lost) and the warning
+-- names its line numbers.
 function Run:_truncate_metrics(upto, name)
   local path = self:path(name or "metrics.jsonl")
   local text = ckpt.read(path)
   if not text then return end
-  local keep = {}
-  for line in text:gmatch("([^\n]*)\n") do  -- a last line without \n was cut short
+  local keep, damaged, where = {}, {}, {}
+  local n = 0
+  for line in text:gmatch("([^\n]*)\n") do
+    n = n + 1
     local ok, rec = pcall(json.decode, line)
-    if ok and type(rec) == "table" and math.type(rec.step) == "integer" and rec.step <= upto then
-      keep[#keep + 1] = line .. "\n"
+    if ok and type(rec) == "table" and math.type(rec.step) == "integer" then
+      if rec.step <= upto then keep[#keep + 1] = line .. "\n" end
+    else
+      damaged[#damaged + 1] = line .. "\n"
+      where[#where + 1] = n
     end
+  end
+  if #damaged > 0 then
+    local aside = path .. ".damaged"
+    fs.write(aside, (ckpt.read(aside) or "") .. table.concat(damaged))
+    warn(("%s: %s %s %s damaged (not a JSON object with a step); moved to %s")
+      :format(path, #where == 1 and "line" or "lines", line_list(where),
+              #where == 1 and "is" or "are", aside))
   end
   local new = table.concat(keep)
   if new ~= text then fs.write(path, new) end
@@ -399,7 +437,12 @@ end
 function Run:_start()
   if self.started then return end
   self.started = true
-  local found = self.resume and ckpt.latest(self.dir, warn) or nil
+  -- Checkpoints found unusable are reported once per run: here when resuming skips
+  -- them, else by the first prune that meets them.
+  local found = self.resume and ckpt.latest(self.dir, function(msg, path)
+    if path then self.ckpt_reported[path] = true end
+    warn(msg)
+  end) or nil
   if self.resume and not found and #ckpt.list(self.dir) > 0 then
     -- Starting afresh would overwrite the checkpoints and metrics a user may still
     -- recover from (a copy cut short, a hand edit): refuse, touching nothing.
@@ -410,6 +453,7 @@ function Run:_start()
   if found then
     ckpt.restore(found, self.parts, warn)  -- may raise (another model): nothing written yet
     self.step = found.step
+    self.ckpt_known[found.path] = true
   end
   -- From here on the directory is ours to write, and only ours: a second process
   -- appending to the same metrics and checkpoints would corrupt both.
@@ -509,13 +553,26 @@ function Run:checkpoint()
         :format(self.dir, free >> 20, self.ckpt_bytes >> 20))
     end
   end
+  local final = ("%s/ckpt-%d"):format(self.dir, self.step)
+  if self.ckpt_known[final] ~= true and fs.stat(final) then
+    -- not one this run wrote and newer than the one it resumed from: it did not verify
+    warn(("replacing %s, which is not usable, with this step's checkpoint"):format(final))
+  end
   local path, bytes = ckpt.write(self.dir, self.step, self.parts)
   self.ckpt_bytes = bytes
   self.last_ckpt = self.step
   -- A checkpoint happens after its step's metrics line: its time shows in the
   -- next step's time.checkpoint.
   self.ckpt_secs = (self.ckpt_secs or 0) + (fs.monotonic() - t0)
-  ckpt.prune(self.dir, self.keep_last)
+  self.ckpt_known[path] = true
+  local _, unusable = ckpt.prune(self.dir, self.keep_last, self.ckpt_known)
+  for _, u in ipairs(unusable) do
+    if not self.ckpt_reported[u.path] then
+      self.ckpt_reported[u.path] = true
+      warn(("checkpoint %s is not usable (%s); left in place, not counted toward keep_last")
+        :format(u.path, u.why))
+    end
+  end
   self:_tensorboard()
   return path
 end

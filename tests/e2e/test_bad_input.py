@@ -309,7 +309,7 @@ CASES: list[Case] = [
          ["j.lua:3:", "unknown option 'rubrik'", "did you mean 'rubric'"],
          {"j.lua": judge('rubrik = "rubric.txt"')}),
     Case("judge scale upside down", "rubric", ["j.lua"], 2,
-         ["j.lua:3:", "'scale' must be {lo, hi} with lo < hi"],
+         ["j.lua:3:", "'scale' must be {lo, hi}, finite numbers with lo < hi"],
          {"j.lua": judge("scale = { 10, 1 }")}),
 
     # -- model directories --
@@ -571,3 +571,125 @@ def test_bad_input(case: Case, tmp_path: Path, servers: dict[str, str], request)
         assert tree(run_dir) == before, "the run directory changed"
     for name in case.absent:
         assert not (tmp_path / name).exists(), f"{name} was created"
+
+
+# ---- the shipped recipes' settings (issue 9, fault 5) ----------------------------------
+#
+# A bad step size, task, path or teacher setting used to be found only after the model
+# loaded and the run directory was written; the corrected rerun was then refused as
+# "another config". Each is now refused by the recipe's declarations in rl.config, before
+# anything is written: exit 2, one line naming the setting and what it allows. The
+# corrected command then runs in the same directory.
+
+RECIPES = ROOT / "recipes"
+# A one-step RLAIF run on builtin:tiny, small enough for a test.
+RLAIF_QUICK = {"dir": "run", "steps": "1", "prompts": "2", "group": "2", "eval_every": "0",
+               "threads": "1", "plot": "false"}
+RUBRIC = ("Grade the answer to {prompt} (correct: {reference}) from {lo} to {hi}.\n"
+          "[The Start of the Response]\n{completion}\n[The End of the Response]\n")
+
+
+@dataclasses.dataclass
+class Setting:
+    id: str
+    recipe: str
+    bad: dict[str, str]            # settings replacing or added to the quick ones
+    line: str                      # the whole message, after "rlhost: config error: "
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    fixed: Optional[dict[str, str]] = None   # the correction (rlaif: then rerun)
+    fixed_env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+MUST_DIR = "setting 'dir' must be a directory or a path that can be created; "
+SETTINGS: list[Setting] = [
+    Setting("group=0", "rlaif", {"group": "0"}, "setting 'group' must be >= 1 (got 0)",
+            fixed={"group": "2"}),
+    Setting("prompts=0", "rlaif", {"prompts": "0"}, "setting 'prompts' must be >= 1 (got 0)",
+            fixed={"prompts": "2"}),
+    Setting("micro_batch=0", "rlaif", {"micro_batch": "0"},
+            "setting 'micro_batch' must be >= 1 (got 0)", fixed={"micro_batch": "2"}),
+    Setting("minibatches=0", "rlaif", {"minibatches": "0"},
+            "setting 'minibatches' must be >= 1 (got 0)", fixed={"minibatches": "1"}),
+    Setting("task=sorting", "rlaif", {"task": "sorting"},
+            "setting 'task' must be one of 'sort' (tasks/<name>.lua on the recipe path) "
+            "(got 'sorting')", fixed={"task": "sort"}),
+    Setting("judge_cache in a missing directory", "rlaif", {"judge_cache": "nodir/judge.sqlite"},
+            "setting 'judge_cache' must be a file path in an existing directory; "
+            "'nodir' does not exist", fixed={"judge_cache": "judge.sqlite"}),
+    Setting("dir is a regular file", "rlaif", {"dir": "afile"},
+            MUST_DIR + "'afile' is a regular file", fixed={"dir": "run"}),
+    Setting("dir is a dangling symlink", "rlaif", {"dir": "dangling"},
+            MUST_DIR + "'dangling' is a dangling symlink (its target does not exist)",
+            fixed={"dir": "run"}),
+    Setting("RL_TEACHER_URL without RL_TEACHER_MODEL", "rlaif", {"rubric": "rubric.txt"},
+            "setting 'teacher_model' (environment RL_TEACHER_MODEL) must be set when "
+            "'teacher_url' (environment RL_TEACHER_URL) is set",
+            env={"RL_TEACHER_URL": "@URL@", "RL_TEACHER_KEY_ENV": "RL_TEST_KEY",
+                 "RL_TEST_KEY": GOOD_KEY},
+            fixed={}, fixed_env={"RL_TEACHER_MODEL": "teach"}),
+    Setting("loss misspelt", "rlaif", {"loss": "ppp"},
+            "setting 'loss' must be one of 'pg', 'ppo' (got 'ppp') (did you mean 'ppo'?)"),
+    Setting("RL_TEACHER_API unknown", "rlaif", {},
+            "setting 'teacher_api' (environment RL_TEACHER_API) must be one of 'openai-chat', "
+            "'openai-completions', 'anthropic' (got 'gemini')",
+            env={"RL_TEACHER_API": "gemini"}),
+    Setting("sft micro_batch=0", "sft", {"micro_batch": "0"},
+            "setting 'micro_batch' must be >= 1 (got 0)"),
+    Setting("sft schedule misspelt", "sft", {"schedule": "cosin"},
+            "setting 'schedule' must be one of 'constant', 'linear', 'cosine' (got 'cosin') "
+            "(did you mean 'cosine'?)"),
+    Setting("sft dir is a regular file", "sft", {"dir": "afile"},
+            MUST_DIR + "'afile' is a regular file"),
+    Setting("eval n=0", "eval", {"n": "0"}, "setting 'n' must be >= 1 (got 0)"),
+    Setting("eval unknown scorer", "eval", {"scorers": "native,bogus"},
+            "setting 'scorers' must be a comma-separated list of 'native', 'exact', 'judge' "
+            "(got 'bogus' in 'native,bogus')"),
+    Setting("eval out is a regular file", "eval", {"out": "afile"},
+            "setting 'out' must be a directory or a path that can be created; "
+            "'afile' is a regular file"),
+    Setting("eval checkpoint missing", "eval", {"checkpoint": "nowhere"},
+            "setting 'checkpoint' must be an existing path; 'nowhere' does not exist"),
+    Setting("demo group=0", "demo", {"group": "0"}, "setting 'group' must be >= 1 (got 0)"),
+    Setting("demo dir is a dangling symlink", "demo", {"dir": "dangling"},
+            MUST_DIR + "'dangling' is a dangling symlink (its target does not exist)"),
+]
+
+
+def recipe_args(s: Setting, settings: dict[str, str]) -> list[str]:
+    base = dict(RLAIF_QUICK) if s.recipe == "rlaif" else {}
+    base.update(settings)
+    return [str(RECIPES / f"{s.recipe}.lua"), *[f"{k}={v}" for k, v in base.items()]]
+
+
+@pytest.mark.parametrize("s", [pytest.param(s, id=f"{s.recipe}: {s.id}") for s in SETTINGS])
+def test_recipe_setting_refused_before_anything_is_written(s: Setting, tmp_path: Path,
+                                                           servers: dict[str, str]) -> None:
+    (tmp_path / "afile").write_text("not a directory\n")
+    os.symlink("nowhere", tmp_path / "dangling")
+    (tmp_path / "rubric.txt").write_text(RUBRIC)
+    env = {k: v.replace("@URL@", servers["@URL@"]) for k, v in s.env.items()}
+    before = tree(tmp_path)
+    p = subprocess.run([RLHOST, *recipe_args(s, s.bad)], cwd=tmp_path, env=clean_env(env),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == f"rlhost: config error: {s.line}\n"
+    assert p.stdout == ""
+    assert tree(tmp_path) == before, "something was written"
+    assert os.readlink(tmp_path / "dangling") == "nowhere"
+    if s.fixed is None:
+        return
+    # The corrected command, in the same place: it runs (nothing of the refused run is
+    # left to make it "another config").
+    settings = {**s.bad, **s.fixed}
+    p = subprocess.run([RLHOST, *recipe_args(s, settings)], cwd=tmp_path,
+                       env=clean_env({**env, **s.fixed_env}), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in metrics.splitlines()]
+    assert [r["step"] for r in rows] == [1]
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    for k, v in s.fixed.items():
+        assert str(cfg[k]).lower() == v, (k, cfg[k])
+    if s.fixed_env:  # the teacher graded the samples
+        assert rows[0]["scored_by"].get("judge", 0) > 0, rows[0]

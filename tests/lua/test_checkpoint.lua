@@ -166,6 +166,36 @@ t.test("clean() removes temp leftovers; prune() keeps the newest k", function()
   t.eq(table.concat(names, ","), "ckpt-50,ckpt-40")
 end)
 
+t.test("prune() counts only usable checkpoints and leaves unusable ones alone", function()
+  local dir = root .. "/p"
+  local m = fake_model({1})
+  for _, k in ipairs{2, 4, 6, 99} do ck.write(dir, k, {models = {{"model", m}}}) end
+  t.write(dir .. "/ckpt-99/manifest.json", '{"format": 1, "fi')       -- a cut manifest
+  t.write(dir .. "/ckpt-2/model/weights.json", "[7]")                  -- a changed byte
+  local known = {}
+  local removed, unusable = ck.prune(dir, 2, known)
+  local names = {}
+  for _, c in ipairs(ck.list(dir)) do names[#names + 1] = c.name end
+  t.eq(table.concat(names, ","), "ckpt-99,ckpt-6,ckpt-4,ckpt-2")
+  t.eq(#removed, 0)
+  t.eq(#unusable, 2)
+  t.eq(unusable[1].name, "ckpt-99"); t.eq(unusable[1].why, "manifest.json is not a valid manifest")
+  t.eq(unusable[2].name, "ckpt-2")
+  t.eq(unusable[2].why, "model/weights.json does not match its SHA-256")
+  -- the next checkpoint pushes out the oldest usable one, still not the broken ones
+  ck.write(dir, 8, {models = {{"model", m}}})
+  known[dir .. "/ckpt-8"] = true
+  removed, unusable = ck.prune(dir, 2, known)
+  t.eq(table.concat(removed, ","), "ckpt-4")
+  t.eq(#unusable, 2)
+  names = {}
+  for _, c in ipairs(ck.list(dir)) do names[#names + 1] = c.name end
+  t.eq(table.concat(names, ","), "ckpt-99,ckpt-8,ckpt-6,ckpt-2")
+  -- verdicts are remembered: a checkpoint known good is not hashed again
+  t.eq(known[dir .. "/ckpt-6"], true)
+  t.eq(known[dir .. "/ckpt-4"], nil)
+end)
+
 t.test("rl.fs: atomic write, listing, stat, errors are kind io", function()
   local p = root .. "/f.txt"
   rl.fs.write(p, "hello")

@@ -131,6 +131,39 @@ t.test("SIGKILL after step k, then resume: same metrics and final state as unint
   t.eq(t.slurp(dir .. "/final.json"), t.slurp(ref .. "/final.json"))
 end)
 
+t.test("a damaged metrics line is moved to metrics.jsonl.damaged with a warning naming it", function()
+  local dir = root .. "/damaged"
+  t.eq((host(dir, {}, "DIE_AT=5")), 137)                -- ckpt-4; metrics lines 1..4
+  local lines = {}
+  for line in t.slurp(dir .. "/metrics.jsonl"):gmatch("[^\n]+") do lines[#lines + 1] = line end
+  t.eq(#lines, 4)
+  local bad = lines[2]:sub(1, 20) .. "\0\255" .. lines[2]:sub(40)   -- a bad sector in step 2
+  lines[2] = bad
+  -- and a last line cut short by a death mid-write: dropped without a word
+  t.write(dir .. "/metrics.jsonl", table.concat(lines, "\n") .. "\n" .. '{"step": 5, "rew')
+  local st, _, err = host(dir)
+  t.eq(st, 0, err)
+  local steps = {}
+  for line in t.slurp(dir .. "/metrics.jsonl"):gmatch("[^\n]+") do
+    steps[#steps + 1] = rl.json.decode(line).step
+  end
+  t.eq(table.concat(steps, ","), "1,3,4,5,6")
+  t.eq(t.slurp(dir .. "/metrics.jsonl.damaged"), bad .. "\n")
+  local warnings = {}
+  for line in err:gmatch("[^\n]+") do
+    if line:find("warning:", 1, true) then warnings[#warnings + 1] = line end
+  end
+  t.eq(#warnings, 1, err)
+  t.eq(warnings[1], ("rlhost: warning: %s/metrics.jsonl: line 2 is damaged (not a JSON object "
+                     .. "with a step); moved to %s/metrics.jsonl.damaged"):format(dir, dir))
+  -- a second damage later is appended: nothing kept aside is lost
+  t.write(dir .. "/metrics.jsonl", t.slurp(dir .. "/metrics.jsonl"):gsub("^[^\n]*", "garbage", 1))
+  st, _, err = host(dir)
+  t.eq(st, 0, err)
+  t.match(err, "metrics.jsonl: line 1 is damaged")
+  t.eq(t.slurp(dir .. "/metrics.jsonl.damaged"), bad .. "\ngarbage\n")
+end)
+
 t.test("SIGKILL in the middle of a checkpoint write: the previous one is used", function()
   local dir = root .. "/midckpt"
   local pidf = root .. "/pid"
@@ -193,6 +226,34 @@ t.test("keep_last prunes old checkpoints", function()
   local ck = {}
   for _, n in ipairs(rl.fs.list(dir)) do if n:find("^ckpt%-") then ck[#ck + 1] = n end end
   t.eq(table.concat(ck, ","), "ckpt-5,ckpt-6")
+end)
+
+t.test("keep_last counts only usable checkpoints; unusable ones are reported once, kept", function()
+  local dir = root .. "/keep-broken"
+  t.eq((host(dir, {"steps=4", "keep=2", "every=1"})), 0)      -- ckpt-3, ckpt-4
+  -- an unusable newest checkpoint (cut manifest) and an unusable oldest one (a copy
+  -- under another step's name)
+  os.execute(("cp -r %s %s"):format(t.shquote(dir .. "/ckpt-4"), t.shquote(dir .. "/ckpt-99")))
+  t.write(dir .. "/ckpt-99/manifest.json", '{"format": 1, "fi')
+  os.execute(("cp -r %s %s"):format(t.shquote(dir .. "/ckpt-3"), t.shquote(dir .. "/ckpt-1")))
+  local st, _, err = host(dir, {"steps=8", "keep=2", "every=1"})
+  t.eq(st, 0, err)
+  local ck = {}
+  for _, c in ipairs(rl.checkpoint.list(dir)) do ck[#ck + 1] = c.name end
+  t.eq(table.concat(ck, ","), "ckpt-99,ckpt-8,ckpt-7,ckpt-1")
+  t.eq(t.slurp(dir .. "/ckpt-99/manifest.json"), '{"format": 1, "fi')
+  -- each unusable checkpoint is named in exactly one line
+  local function lines_naming(name)
+    local n = 0
+    for line in err:gmatch("[^\n]+") do if line:find(name, 1, true) then n = n + 1 end end
+    return n
+  end
+  t.eq(lines_naming("ckpt-99"), 1, err)
+  t.match(err, "skipping checkpoint .*ckpt%-99: manifest.json is not a valid manifest")
+  t.eq(lines_naming("ckpt-1 "), 1, err)
+  t.match(err, "checkpoint .*/ckpt%-1 is not usable %(state.json does not match its directory%); "
+               .. "left in place, not counted toward keep_last")
+  t.match(err, "from ckpt%-4")
 end)
 
 t.test("resume with another config is refused (exit 2), directory untouched", function()
