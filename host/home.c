@@ -149,7 +149,11 @@ int home_recipe(const char *home, const char *name, char *out, size_t outlen, ch
         if (!recipe_candidate(home, name, i, out, outlen))
             continue;
         struct stat st;
-        if (stat(out, &st) == 0 && S_ISREG(st.st_mode)) {
+        if (stat(out, &st) == 0 && S_ISDIR(st.st_mode) && i == 0) {
+            snprintf(err, errlen, "cannot read %s: Is a directory, not a recipe file", out);
+            return -1;
+        }
+        if (stat(out, &st) == 0 && !S_ISDIR(st.st_mode)) {
             if (access(out, R_OK) == 0)
                 return 0;
             snprintf(err, errlen, "cannot open recipe '%s': %s", out, strerror(errno));
@@ -159,6 +163,7 @@ int home_recipe(const char *home, const char *name, char *out, size_t outlen, ch
         if (w > 0 && (size_t)w < sizeof tried - used)
             used += (size_t)w;
     }
-    snprintf(err, errlen, "cannot open recipe '%s': no such file (looked for %s)", name, tried);
+    snprintf(err, errlen, "cannot open recipe '%s': %s (looked for %s)", name, strerror(ENOENT),
+             tried);
     return -1;
 }

@@ -79,7 +79,7 @@ end)
 t.test("a missing recipe and a syntax error exit 2 naming file and line", function()
   local st, _, err = t.rlhost{dir .. "/nope.lua"}
   t.eq(st, 2)
-  t.match(err, "cannot open recipe '.*nope.lua': no such file")
+  t.match(err, "cannot open recipe '.*nope.lua': No such file")
   local r = file("syntax.lua", "local x = 1\nlocal y = = 2\n")
   st, _, err = t.rlhost{r}
   t.eq(st, 2)
