@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 PREFERRED = ["reward", "reward.mean", "eval_reward", "loss", "stats.loss",
              "frac_reward_zero_std", "completion_length.mean", "clipped_ratio", "kl",
              "stats.kl", "grad_norm", "stats.grad_norm", "entropy", "stats.entropy", "lr",
-             "stats.lr", "clip_frac", "stats.clip_frac", "tokens_per_s"]
+             "stats.lr", "clip_frac", "stats.clip_frac", "time.tokens_per_s"]
 SKIP = {"step", "version", "stats.version", "stats.tokens", "tokens"}
 # Drawn as bands around another panel's curve, not as panels of their own.
 BANDS = {"reward": ("reward_std", None),
@@ -62,13 +62,14 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
 
 
 def numeric_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """Flatten numbers one level deep (`stats.loss`), excluding `time`."""
+    """Flatten numbers one level deep (`stats.loss`); of `time`, only the rate
+    time.tokens_per_s (the seconds per phase have their own panel)."""
     series: dict[str, list[tuple[int, float]]] = {}
     for rec in rows:
         step = rec["step"]
         for key, val in rec.items():
             if key == "time":
-                continue
+                val = {"tokens_per_s": val.get("tokens_per_s")} if isinstance(val, dict) else {}
             items = val.items() if isinstance(val, dict) else [(None, val)]
             for sub, v in items:
                 name = key if sub is None else f"{key}.{sub}"
@@ -87,7 +88,7 @@ def time_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]
         if not isinstance(t, dict):
             continue
         for k, v in t.items():
-            if k in ("elapsed",) or not isinstance(v, (int, float)):
+            if k in ("elapsed", "tokens_per_s") or not isinstance(v, (int, float)):
                 continue
             out.setdefault(k, []).append((rec["step"], float(v)))
     return out

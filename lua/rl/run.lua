@@ -292,8 +292,8 @@ local function mean_of(acc)
 end
 
 -- What TRL logs about completions: lengths, the share cut at max_tokens, tokens
--- and tokens/s (over this step's "generate" time so far).
-local function completion_metrics(samples, gen_secs)
+-- (tokens/s goes under "time" when the step ends: wall-clock numbers stay there).
+local function completion_metrics(samples)
   local n, tokens, mn, mx, clipped = 0, 0, math.huge, -math.huge, 0
   for _, s in ipairs(samples) do
     if type(s.ids) == "table" then
@@ -307,7 +307,6 @@ local function completion_metrics(samples, gen_secs)
   if n > 0 then
     m.completion_length = {mean = tokens / n, min = mn, max = mx}
     m.tokens = tokens
-    if gen_secs and gen_secs > 0 then m.tokens_per_s = tokens / gen_secs end
   end
   return m
 end
@@ -353,8 +352,8 @@ end
 
 -- run:log_samples(samples, {rewards=, info=, advantages=, group=}): this step's
 -- completion and reward metrics (completion_length{mean,min,max}, clipped_ratio,
--- tokens, tokens_per_s, reward_by_source, reward_parts, frac_reward_zero_std) into
--- the metrics line, and up to `log_samples` of the samples into samples.jsonl, one
+-- tokens and time.tokens_per_s over the step's generate phase, reward_by_source,
+-- reward_parts, frac_reward_zero_std) into the metrics line, and up to `log_samples` of the samples into samples.jsonl, one
 -- JSON object each: step, prompt, completion (the generated text), reference,
 -- reward, reward_source, reason, advantage, version, finish, length (tokens),
 -- source (the generator), group, off_policy. Written when the step ends, so a
@@ -362,7 +361,9 @@ end
 function Run:log_samples(samples, o)
   o = o or {}
   local rewards, info, adv = o.rewards or {}, o.info or {}, o.advantages or {}
-  self:log(completion_metrics(samples, self.times.generate))
+  local m = completion_metrics(samples)
+  self.step_tokens = (self.step_tokens or 0) + (m.tokens or 0)
+  self:log(m)
   self:log(reward_metrics(rewards, info, #samples, o.group))
   local keep = self.keep_samples < 0 and #samples or math.min(self.keep_samples, #samples)
   self.pending_samples = self.pending_samples or {}
@@ -597,6 +598,10 @@ function Run:_end_step()
   for ph, v in pairs(self.times) do times[ph] = v end
   if self.ckpt_secs then times.checkpoint, self.ckpt_secs = self.ckpt_secs, nil end
   times.step = step_secs
+  if self.step_tokens and (times.generate or 0) > 0 then
+    times.tokens_per_s = self.step_tokens / times.generate
+  end
+  self.step_tokens = nil
   times.elapsed = fs.monotonic() - self.t_start
   self.times = {}
   rec = finite(rec)
