@@ -83,31 +83,30 @@ local function comments(lines)
   end
   local notes, order = {}, {}
   if not first then return notes, order end
-  local depth, last = 0, nil
+  local depth, last = 0, nil  -- last: the keys of the previous setting line
   for i = first, #lines do
     local line = lines[i]
     local code, comment = line:match("^(.-)%-%-%s?(.*)$")
     code = code or line
     if depth == 1 or i == first then
       local start = i == first and code:match("config%s*[{(]%s*{?()") or 1
-      local key = code:sub(start):match("^%s*([%a_][%w_]*)%s*=")
-      if key then
-        order[#order + 1] = key
-        notes[key] = comment and comment:gsub("%s+$", "") or nil
+      -- the line's own settings: nested tables and calls (rl.setting{...}) flattened
+      local flat = code:sub(start):gsub("%b{}", "{}"):gsub("%b()", "()")
+      local keys = {}
+      for key in ("," .. flat):gmatch(",%s*([%a_][%w_]*)%s*=") do keys[#keys + 1] = key end
+      local c = comment and comment:gsub("%s+$", "")
+      if #keys > 0 then
         local env = code:match("os%.getenv%s*%(?%s*[\"']([%w_]+)")
-        if env then notes[key] = ("(from $%s) %s"):format(env, notes[key] or "") end
-        last = key
-      elseif comment and code:match("^%s*$") and last then
+        for _, key in ipairs(keys) do
+          order[#order + 1] = key
+          notes[key] = env and ("(from $%s) %s"):format(env, c or "") or c
+        end
+        last = keys
+      elseif c and code:match("^%s*$") and last then
         -- a comment line under a setting continues (or is) its comment
-        local c = comment:gsub("%s+$", "")
-        notes[last] = notes[last] and (notes[last] .. " " .. c) or c
+        for _, key in ipairs(last) do notes[key] = notes[key] and (notes[key] .. " " .. c) or c end
       else
         last = nil
-      end
-      -- a second setting on the same line ("clip_low = 0.2, clip_high = 0.2, -- ...")
-      for more in code:sub(start):gmatch(",%s*([%a_][%w_]*)%s*=") do
-        order[#order + 1] = more
-        notes[more] = notes[more] or notes[last]
       end
     end
     local from = i == first and (code:match("config%s*()[{(]") or 1) or 1
