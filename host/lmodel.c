@@ -81,7 +81,8 @@ static int raise_kind(lua_State *L, const char *kind, int retryable, const char 
 
 typedef struct Opt {
     const char *name;
-    char type; /* S string, N number, I integer, B boolean, P pair of numbers */
+    char type; /* S string, N number, I integer, B boolean, P pair of numbers, T table
+                * (checked field by field by the engine) */
 } Opt;
 
 /* What rl.model accepts: the engine's load fields (scripts/PROTOCOL.md) plus the
@@ -91,7 +92,7 @@ static const Opt load_opts[] = {
     {"device", 'S'},   {"dtype", 'S'},        {"threads", 'I'},    {"seed", 'I'},
     {"reference", 'B'}, {"lr", 'N'},          {"weight_decay", 'N'}, {"betas", 'P'},
     {"eps", 'N'},      {"schedule", 'S'},     {"warmup", 'I'},     {"total_steps", 'I'},
-    {"min_lr_ratio", 'N'}, {NULL, 0},
+    {"min_lr_ratio", 'N'}, {"lora", 'T'},  {NULL, 0},
 };
 
 static size_t edit_distance(const char *a, const char *b)
@@ -120,6 +121,7 @@ static const char *type_name(char t)
     case 'N': return "a number";
     case 'I': return "an integer";
     case 'B': return "a boolean";
+    case 'T': return "a table";
     default: return "a list of two numbers";
     }
 }
@@ -171,6 +173,7 @@ static void check_options(lua_State *L, int idx)
         case 'N': ok = lua_type(L, -1) == LUA_TNUMBER; break;
         case 'I': ok = is_integral(L, -1); break;
         case 'B': ok = lua_type(L, -1) == LUA_TBOOLEAN; break;
+        case 'T': ok = lua_type(L, -1) == LUA_TTABLE; break;
         default:
             ok = lua_type(L, -1) == LUA_TTABLE && luaL_len(L, -1) == 2;
             for (int i = 1; ok && i <= 2; i++) {

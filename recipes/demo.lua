@@ -17,7 +17,7 @@
 -- teacher with recipes/rubrics/sort.txt; without it, by the task's native reward.
 local rl = require "rl"
 
-local cfg = rl.config {
+local cfg = rl.config(rl.recipe.settings {
   dir = rl.setting{"runs/demo", dir = true},
   seed = 1,
   sft_steps = rl.setting{250, min = 1}, -- warm start: see README ("The demo") for why this many
@@ -28,7 +28,7 @@ local cfg = rl.config {
   group = rl.setting{8, min = 1},
   fresh = false,        -- remove what an earlier demo left and start again
   threads = rl.setting{0, min = 0}, -- torch threads per stage; 0 = one per core
-}
+})
 
 local host = arg[-1] or "rlhost"  -- this rlhost binary
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
@@ -76,7 +76,8 @@ end
 rl.fs.mkdir(dir)
 rl.fs.write(dir .. "/config.json", rl.json.encode(require("rl.config").resolved().config,
                                                   {indent = true}) .. "\n")
-local common = {"seed=" .. cfg.seed, "threads=" .. cfg.threads}
+-- The model settings given on the command line (model=, lora_r=, ...) go to every stage.
+local common = {"seed=" .. cfg.seed, "threads=" .. cfg.threads, table.unpack(rl.recipe.forward(cfg))}
 
 -- 1. SFT: learn the answer format and most of the skill from demonstrations.
 local times = {}
@@ -114,3 +115,4 @@ print(("demo: %.0f s wall, %.0f s CPU (SFT %.0f s, RLAIF %.0f s, evaluation %.0f
        .. "report %s/eval/report.md%s"):format(wall, cpu or 0, times.sft[1], times.rl[1],
                                                times.eval[1], dir,
                                                plotted and (", plot " .. dir .. "/demo.png") or ""))
+print(("final model: %s/rlaif/model (the SFT stage's: %s/sft/model)"):format(dir, dir))

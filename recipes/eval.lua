@@ -4,19 +4,21 @@
 --   build/rlhost recipes/eval.lua checkpoint=runs/rlaif               # one model
 --   build/rlhost recipes/eval.lua checkpoint=runs/sft compare=runs/rlaif out=runs/cmp
 --
--- `checkpoint` and `compare` take a checkpoint directory (ckpt-N/) or a run
--- directory (its newest complete checkpoint); without `checkpoint` the model at
--- `model` is evaluated as it is. Scorers: the task's native reward, exact match
+-- `checkpoint` and `compare` take a checkpoint directory (ckpt-N/), a run directory
+-- (its newest complete checkpoint) or a model directory (a run's model/ export, any
+-- Hugging Face directory); a checkpoint is loaded on the base model it records, with
+-- its LoRA setting. Without `checkpoint` the model at `model` is evaluated as it is.
+-- Model settings (model=, precision=, device=, chat=, system=, ...): see
+-- lua/rl/recipe.lua. Scorers: the task's native reward, exact match
 -- against the reference, and, when a teacher is configured (RL_TEACHER_URL, see
 -- recipes/rlaif.lua), the teacher grading with the task's rubric and, comparing two
 -- models, the teacher choosing between their answers to each prompt (pairwise).
 local rl = require "rl"
 
 local SCORERS = {"native", "exact", "judge"}
-local cfg = rl.config {
+local cfg = rl.config(rl.recipe.settings {
   task = rl.setting{"sort", module = "tasks"},
                                   -- recipes/tasks/<task>.lua: held-out data, rubric, reward
-  model = "builtin:tiny",         -- the architecture the checkpoints hold
   checkpoint = rl.optional("string", nil, {exists = true}), -- model A
   compare = rl.optional("string", nil, {exists = true}), -- model B, side by side with A
   label = rl.optional "string",   -- names in the report (default: the paths)
@@ -41,7 +43,7 @@ local cfg = rl.config {
   rubric = rl.optional "string",  -- default: the task's
   seed = 1,
   threads = rl.setting{0, min = 0},
-}
+})
 
 local function find(path)  -- default paths are relative to the rlhost tree
   if path:sub(1, 1) == "/" or rl.fs.stat(path) then return path end
@@ -54,13 +56,17 @@ local max_tokens = cfg.max_tokens > 0 and cfg.max_tokens or task.max_tokens
 -- Inputs first: a bad data file, a missing checkpoint or rubric stops here (exit 2).
 local data = rl.dataset(find(cfg.data or task.heldout))
 local models = {}
+local function check(path)  -- a missing or incomplete checkpoint is refused here
+  if not rl.recipe.is_model_dir(path) then rl.checkpoint.find(path) end
+  return path
+end
 if cfg.checkpoint then
-  models[1] = {label = cfg.label or cfg.checkpoint, dir = rl.checkpoint.find(cfg.checkpoint)}
+  models[1] = {label = cfg.label or cfg.checkpoint, path = check(cfg.checkpoint)}
 else
-  models[1] = {label = cfg.label or cfg.model}
+  models[1] = {label = cfg.label or cfg.model or "builtin:tiny", path = cfg.model or "builtin:tiny"}
 end
 if cfg.compare then
-  models[2] = {label = cfg.compare_label or cfg.compare, dir = rl.checkpoint.find(cfg.compare)}
+  models[2] = {label = cfg.compare_label or cfg.compare, path = check(cfg.compare)}
   if models[2].label == models[1].label then models[2].label = models[2].label .. " (B)" end
 end
 
@@ -94,12 +100,10 @@ local gen = {max_tokens = max_tokens, temperature = cfg.temperature, stop = task
              seed = cfg.seed}
 local k = cfg.n > 1 and {1, cfg.n} or {1}
 
--- One handle; each model's weights are restored into it in turn.
-local policy <close> = rl.model{path = cfg.model, seed = cfg.seed,
-                                threads = cfg.threads > 0 and cfg.threads or nil}
+-- One handle at a time, on the base model and LoRA setting each checkpoint records.
 local report, samples_of, generations = {}, {}, {}
 for _, m in ipairs(models) do
-  if m.dir then policy:restore(m.dir) end
+  local policy <close> = rl.recipe.open(cfg, m.path, {seed = cfg.seed})
   local r, samples, scores = rl.eval.run{source = policy, data = rows, scorers = scorers,
                                          n = cfg.n, k = k, gen = gen, model = m.label}
   for _, row in ipairs(r) do report[#report + 1] = row end

@@ -1,6 +1,7 @@
 -- recipes/rlaif.lua — reinforcement learning from AI feedback, GRPO-style.
 --
 --   build/rlhost recipes/rlaif.lua init=runs/sft                 # from the SFT warm start
+--   build/rlhost recipes/rlaif.lua model=smollm2-135m-instruct lora_r=16 task=... kl=0.05
 --   RL_TEACHER_URL=http://127.0.0.1:8000/v1 RL_TEACHER_MODEL=qwen2.5-7b-instruct \
 --     build/rlhost recipes/rlaif.lua init=runs/sft steps=200 lr=1e-4
 --
@@ -14,15 +15,19 @@
 -- | anthropic) and the API key in the environment variable the endpoint reads
 -- (OPENAI_API_KEY, ANTHROPIC_API_KEY, or the one RL_TEACHER_KEY_ENV names). Keys never
 -- reach the run directory.
+--
+-- Model settings (model=, lora_r=, precision=, device=, chat=, ...): see
+-- lua/rl/recipe.lua. With init= the model is the one init holds (model= not needed).
+-- The end of the run writes model/ in the run directory: the final model (a Hugging
+-- Face directory for HF models, any LoRA adapter merged in).
 local rl = require "rl"
 
 local TEACHER_APIS = {"openai-chat", "openai-completions", "anthropic"}
-local cfg = rl.config {
+local cfg = rl.config(rl.recipe.settings {
   task = rl.setting{"sort", module = "tasks"},
                                   -- recipes/tasks/<task>.lua: data, rubric, native reward
-  model = "builtin:tiny",         -- a builtin: model or a local Hugging Face directory
   init = rl.optional("string", nil, {exists = true}),
-                                  -- warm start: a checkpoint or run directory (runs/sft)
+                                  -- warm start: a checkpoint, run or model directory (runs/sft)
   data = rl.optional "string",    -- training prompts (default: the task's)
   eval_data = rl.optional "string", -- held-out prompts for eval_reward (default: the task's)
   dir = rl.setting{"runs/rlaif", dir = true},
@@ -77,7 +82,7 @@ local cfg = rl.config {
   fresh = false,                  -- start again in `dir`, removing its checkpoints
   seed = 1,
   threads = rl.setting{0, min = 0}, -- torch threads; 0 = one per core
-}
+})
 
 local function find(path)  -- default paths are relative to the rlhost tree
   if path:sub(1, 1) == "/" or rl.fs.stat(path) then return path end
@@ -87,7 +92,6 @@ end
 local function note(msg) io.stderr:write("rlhost: " .. msg .. "\n") end
 local task = require("tasks." .. cfg.task)
 local max_tokens = cfg.max_tokens > 0 and cfg.max_tokens or task.max_tokens
-local threads = cfg.threads > 0 and cfg.threads or nil
 
 -- Cheap checks first (data files, rubric, teacher settings): bad input stops the
 -- run with exit status 2 before a model loads or the run directory is touched.
@@ -131,24 +135,23 @@ local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwri
 local scorer = rl.fallback{judge, task.reward, names = {judge and "judge", "native"},
                           breaker = {cooldown = cfg.breaker_cooldown}}
 
--- The policy. Its weights start from `init` (copied from a second handle, so the
--- optimizer starts fresh); that handle stays as the frozen reference for the KL term.
-local policy <close> = rl.model{path = cfg.model, lr = cfg.lr, seed = cfg.seed,
-                                weight_decay = cfg.weight_decay, threads = threads}
-local reference
-if cfg.init or cfg.kl > 0 then
-  reference = rl.model{path = cfg.model, seed = cfg.seed, threads = threads}
-  if cfg.init then reference:restore(rl.checkpoint.find(cfg.init)) end
-  reference:sync(policy)
-end
+-- The policy starts from `init` (the model it holds) or `model`, with a fresh
+-- optimizer. The KL reference is that starting point: the policy's own frozen copy
+-- (with LoRA, the same weights with the adapter switched off), or, for a builtin
+-- checkpoint, the second handle its weights were copied from.
+local start = rl.recipe.start(cfg, run.dir)
+local policy <close> = rl.model(rl.recipe.model_options(cfg, {
+  path = start.path, lr = cfg.lr, seed = cfg.seed, weight_decay = cfg.weight_decay,
+  reference = cfg.kl > 0 and not start.checkpoint}))
+local reference <close> = rl.recipe.restore_into(cfg, start, policy)
 
 -- Generation: the policy itself, or a worker process holding a copy of its weights;
 -- either way the teacher (when configured) takes over if it fails. Samples the
 -- teacher writes are marked off_policy.
 local local_gen = policy
 if cfg.generator == "worker" then
-  local worker = rl.model{path = cfg.model, transport = "worker", timeout = cfg.gen_timeout,
-                          seed = cfg.seed, threads = threads}
+  local worker = rl.model(rl.recipe.model_options(cfg, {
+    path = start.path, transport = "worker", timeout = cfg.gen_timeout, seed = cfg.seed}))
   -- The worker gets the policy's weights before every generation (a few MB through
   -- /dev/shm). A worker that died is restarted by the next call with its initial
   -- weights, so the sync is what makes its samples the policy's. A worker that dies
@@ -179,7 +182,7 @@ run:dataset(data)
 
 -- KL(policy || reference) of each sample, summed over its tokens: the penalty that
 -- keeps the policy near the warm start. It is taken from the reward (as InstructGPT
--- does), because the reference is the init checkpoint held in another handle.
+-- does).
 local function kl_per_sample(samples)
   local mine = {}
   local need = {}
@@ -192,7 +195,8 @@ local function kl_per_sample(samples)
     local lp = policy:logprobs(sub)
     for j, i in ipairs(need) do mine[i] = lp[j] end
   end
-  local ref = reference:logprobs(samples)
+  local ref = reference and reference:logprobs(samples)
+              or select(2, policy:logprobs(samples, {reference = true}))
   local out = {}
   for i = 1, #samples do
     local d = 0.0
@@ -310,3 +314,4 @@ for step in run:steps(cfg.steps) do
   end
   run:log(rec)
 end
+rl.recipe.export(policy, run.dir)

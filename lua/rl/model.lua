@@ -5,6 +5,14 @@
 --   local stats = m:train_step(samples, { loss = "pg", advantages = adv, clip = 1.0 })
 --   trainer:sync(generator)            -- trainer's weights into the generator
 --
+-- path: "builtin:tiny", a Hugging Face directory, or a short name such as
+-- "smollm2-135m-instruct" (a directory under $RLHOST_MODELS or <home>/models, built by
+-- `make models`). lora = {r=16, alpha=32, dropout=0, targets="all-linear" or
+-- {"q_proj","v_proj"}} trains a LoRA adapter (peft) instead of the weights: only the
+-- adapter is trainable, checkpointed (PEFT's adapter/ layout) and synced to generators
+-- (load them with the same lora), and reference=true is the base model with the
+-- adapter off. The other load options are listed in scripts/PROTOCOL.md.
+--
 -- Transports: "embedded" (default: the engine in this process's Python) or "worker"
 -- (a child process per handle). `timeout` (seconds, per request; a call's own
 -- `timeout` option overrides it) applies to workers only: an in-process call cannot
@@ -135,6 +143,8 @@ local function dir_opts(dir, what)
 end
 
 --- model:save(dir) -> {files=, version=}; model:restore(dir) -> {version=}
+-- model:save{dir=, merged=true}: a standalone model instead of a checkpoint (for HF
+-- models a directory transformers loads, any LoRA adapter folded in).
 function methods:save(dir) return self:_call("save", dir_opts(dir)) end
 function methods:restore(dir) return self:_call("restore", dir_opts(dir)) end
 

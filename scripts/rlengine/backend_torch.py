@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import tempfile
 import uuid
 from typing import Any
@@ -34,6 +35,7 @@ from .torch_io import (check_safetensors_file, corrupt_error, export_weights, fo
                        import_weights, load_safetensors, read_safetensors_into,
                        write_safetensors)
 from .torch_models import BUILTIN_CONFIGS, GPT, ByteTokenizer, build
+from . import model_path, torch_export, torch_lora
 
 log = logging.getLogger("rlengine")
 
@@ -312,7 +314,7 @@ class TorchModel:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
-        path = o["path"]
+        path = self.base_path = model_path.resolve(o["path"])
         if path.startswith("builtin:"):
             self.net: Any = BuiltinNet(path[len("builtin:"):], seed, self.dtype, self.device)
         else:
@@ -321,9 +323,15 @@ class TorchModel:
         self.tok = self.net.tok
         self.module.requires_grad_(True)
         self.ref = None
+        self.lora = self._apply_lora(o)
         if o["reference"]:
-            self.ref = copy.deepcopy(self.module).requires_grad_(False)
-        self.params = dict(self.module.named_parameters())
+            # With LoRA the reference is the base model: the adapter switched off.
+            self.ref = self.lora.reference() if self.lora else \
+                copy.deepcopy(self.module).requires_grad_(False)
+        # What trains, and what the optimizer, checkpoints and syncs hold: with LoRA
+        # the adapter only.
+        self.params = self.lora.trainable() if self.lora else \
+            dict(self.module.named_parameters())
         decay = [p for p in self.params.values() if p.dim() >= 2]
         no_decay = [p for p in self.params.values() if p.dim() < 2]
         # Norm gains and biases are not decayed (the usual AdamW practice).
@@ -339,6 +347,13 @@ class TorchModel:
         self._reset_accum()
 
     # ---- helpers ---------------------------------------------------------------------
+
+    def _apply_lora(self, o: dict) -> torch_lora.Lora | None:
+        if o["lora"] is None:
+            return None
+        base = self.base_path if self.base_path.startswith("builtin:") \
+            else os.path.abspath(self.base_path)
+        return torch_lora.Lora(self.module, o["lora"], isinstance(self.net, HFNet), base)
 
     def _reset_accum(self) -> None:
         self.acc = {"calls": 0, "loss": 0.0, "kl": 0.0, "kl_tokens": 0, "entropy": 0.0,
@@ -426,9 +441,11 @@ class TorchModel:
     # ---- ops -------------------------------------------------------------------------
 
     def info(self, o: dict | None = None) -> dict:
-        n = sum(p.numel() for p in self.params.values())
+        n = sum(p.numel() for p in self.module.parameters())
         trainable = sum(p.numel() for p in self.params.values() if p.requires_grad)
-        return {"params": n, "trainable": trainable, "device": str(self.device),
+        return {"params": n, "trainable": trainable,
+                "lora": self.lora.describe() if self.lora else None,
+                "device": str(self.device),
                 "dtype": self.opts["dtype"], "version": self.version, "steps": self.steps,
                 "path": self.opts["path"], "arch": self.net.arch_name(), "vocab": self.net.vocab,
                 "context": self.net.context, "reference": self.ref is not None,
@@ -695,11 +712,13 @@ class TorchModel:
 
     def save(self, o: dict) -> dict:
         d = o["dir"]
+        if o["merged"]:
+            return self._save_merged(d)
         try:
             os.makedirs(d, exist_ok=True)
         except OSError as exc:
             raise EngineIOError(f"save: cannot create '{d}': {exc}") from None
-        files = self.net.save_weights(d)
+        files = self._save_weights(d)
         tensors: list[tuple[str, torch.Tensor]] = []
         for name, p in self.params.items():
             for key, t in self.opt.state.get(p, {}).items():
@@ -708,6 +727,7 @@ class TorchModel:
         files.append("optimizer.safetensors")
         meta = {"format": CHECKPOINT_FORMAT, "engine": __version__, "backend": "torch",
                 "path": self.opts["path"], "dtype": self.opts["dtype"],
+                "base_model": self._base_model(), "lora": self.opts["lora"],
                 "arch": self.net.arch(), "version": self.version, "steps": self.steps,
                 "schedule": {k: self.opts[k] for k in ("schedule", "lr", "warmup",
                                                        "total_steps", "min_lr_ratio")},
@@ -751,12 +771,15 @@ class TorchModel:
                 for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
         if diff:
             raise ConfigError(f"restore: checkpoint '{d}' is of another model: " + "; ".join(diff))
+        if meta.get("lora") != self.opts["lora"]:
+            raise ConfigError(f"restore: checkpoint '{d}' has lora {meta.get('lora')}, "
+                              f"this model has lora {self.opts['lora']}")
         shapes = {k: list(p.shape) for k, p in self.params.items()}
         if meta.get("params") != shapes:
             raise ConfigError(f"restore: checkpoint '{d}' has other parameters than this model")
         opt_tensors = load_safetensors(os.path.join(d, "optimizer.safetensors"), "restore")
         # Everything is read and checked before the model changes.
-        self.net.load_weights(d)
+        self._load_weights(d)
         self.opt.state.clear()
         for name, p in self.params.items():
             st = {}
@@ -771,6 +794,58 @@ class TorchModel:
         self.steps = int(meta["steps"])
         self._discard_grads()
         return {"version": self.version}
+
+    def _base_model(self) -> str:
+        """The base model as a checkpoint records it: `builtin:NAME` or an absolute
+        directory (so `init=` a checkpoint needs no model= repeated)."""
+        p = self.base_path
+        return p if p.startswith("builtin:") else os.path.abspath(p)
+
+    def _save_weights(self, d: str) -> list[str]:
+        if self.lora is None:
+            return self.net.save_weights(d)
+        files = self.lora.save(d)
+        if isinstance(self.net, BuiltinNet):
+            # A builtin base is seed-initialised, not a file: keep it with the adapter.
+            files = self.net.save_weights(d) + files
+        return files
+
+    def _load_weights(self, d: str) -> None:
+        if self.lora is None or isinstance(self.net, BuiltinNet):
+            self.net.load_weights(d)  # a builtin model's file holds base + adapter
+        else:
+            self.lora.load(d)
+
+    def _save_merged(self, d: str) -> dict:
+        """A standalone model in `d` (replaced atomically): for HF models a directory
+        AutoModelForCausalLM.from_pretrained loads (config, model.safetensors with any
+        LoRA adapter folded in, tokenizer and chat template, generation config); for
+        builtin models model.safetensors with the adapter folded in."""
+        parent = os.path.dirname(os.path.abspath(d)) or "."
+        try:
+            os.makedirs(parent, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(d))}.tmp-",
+                                   dir=parent)
+        except OSError as exc:
+            raise EngineIOError(f"save: cannot create a directory in '{parent}': {exc}") from None
+        try:
+            sd = self.lora.merged_state_dict() if self.lora else None
+            if isinstance(self.net, BuiltinNet):
+                sd = sd if sd is not None else self.module.state_dict()
+                write_safetensors(os.path.join(tmp, "model.safetensors"), list(sd.items()),
+                                  {"format": "pt", "arch": json.dumps(self.net.arch())})
+            else:
+                torch_export.save_hf_merged(self.module, self.tok.tok, sd, tmp)
+            with open(os.path.join(tmp, torch_export.EXPORT_RECORD), "w") as f:
+                json.dump({"version": self.version, "steps": self.steps,
+                           "base_model": self._base_model(), "lora": self.opts["lora"]}, f)
+            files = sorted(os.listdir(tmp))
+            torch_export.replace_dir(tmp, d)
+        except OSError as exc:
+            raise EngineIOError(f"save: cannot write '{d}': {exc}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return {"files": files, "version": self.version, "merged": True}
 
     # ---- weight sync -----------------------------------------------------------------
 

@@ -213,6 +213,45 @@ def advantages(op: str, name: str, v: Any) -> list[float | None]:
     return out
 
 
+LORA_KEYS = ("r", "alpha", "dropout", "targets")
+
+
+def lora(op: str, name: str, v: Any) -> dict:
+    """The `lora` load option: {r=, alpha=, dropout=, targets=} -> all four filled in
+    (alpha defaults to 2 * r, dropout to 0, targets to "all-linear")."""
+    if not isinstance(v, dict):
+        raise ConfigError(f"{op}: '{name}' must be an object {{r=, alpha=, dropout=, "
+                          f"targets=}}, got {_desc(v)}")
+    for key in v:
+        if key not in LORA_KEYS:
+            raise ConfigError(f"{op}: " + unknown_name("field", f"{name}.{key}",
+                                                       [f"{name}.{k}" for k in LORA_KEYS]))
+    if v.get("r") is None:
+        raise ConfigError(f"{op}: '{name}.r' (the adapter rank) is required")
+    r = integer(1)(op, f"{name}.r", v["r"])
+    alpha = v.get("alpha")
+    alpha = 2.0 * r if alpha is None else number(0.0, lo_open=True)(op, f"{name}.alpha", alpha)
+    dropout = v.get("dropout")
+    dropout = 0.0 if dropout is None else number(0.0)(op, f"{name}.dropout", dropout)
+    if dropout >= 1.0:
+        raise ConfigError(f"{op}: '{name}.dropout' must be < 1, got {dropout}")
+    targets = v.get("targets")
+    if targets is None or targets == "all-linear":
+        targets = "all-linear"
+    elif isinstance(targets, list) and targets:
+        for i, t in enumerate(targets):
+            if not isinstance(t, str) or not t:
+                raise ConfigError(f"{op}: '{name}.targets[{i + 1}]' must be a module name "
+                                  f"such as \"q_proj\", got {_desc(t)}")
+    else:
+        raise ConfigError(f"{op}: '{name}.targets' must be \"all-linear\" or a non-empty "
+                          f"list of module names, got {_desc(targets)}")
+    # Integral alphas stay integers so adapter_config.json reads as PEFT writes it.
+    if alpha.is_integer():
+        alpha = int(alpha)
+    return {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets}
+
+
 LOAD = {
     "path": Field(string(), required=True),
     "backend": Field(choice("torch"), "torch"),
@@ -229,6 +268,7 @@ LOAD = {
     "warmup": Field(integer(0), 0),
     "total_steps": Field(integer(1), None),
     "min_lr_ratio": Field(number(0.0, 1.0), 0.0),
+    "lora": Field(lora, None),
 }
 
 SAMPLES_OPTS = {
@@ -273,7 +313,7 @@ OPS: dict[str, dict[str, Field]] = {
         "clip": Field(number(0.0), None),
         "lr": Field(number(0.0, lo_open=True), None),
     },
-    "save": {"dir": Field(string(), required=True)},
+    "save": {"dir": Field(string(), required=True), "merged": Field(boolean, False)},
     "restore": {"dir": Field(string(), required=True)},
     "export": {"path": Field(string(), None)},
     "import": {

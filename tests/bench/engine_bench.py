@@ -20,6 +20,9 @@ Parts (all when none is chosen):
                  in-memory copy of the same bytes. The first sync creates the file;
                  the figure reported is the best later one (the file rewritten in
                  place, as in a training run), with the first and the median beside.
+  --lora-sync    the same with a LoRA adapter (r=16, all linear layers) on
+                 builtin:small: only the adapter crosses; bytes and seconds per sync
+                 beside the full model's (`bytes_ratio` = adapter / full bytes).
 
 Run: PYTHONPATH=scripts .venv/bin/python tests/bench/engine_bench.py [--part ...] [opts]
 """
@@ -128,9 +131,11 @@ def generation(a: argparse.Namespace) -> dict:
     return out
 
 
-def sync(a: argparse.Namespace) -> dict:
+def sync(a: argparse.Namespace, lora: dict | None = None) -> dict:
     import torch
-    load = {"path": "builtin:small", "seed": 0}
+    load: dict = {"path": "builtin:small", "seed": 0}
+    if lora:
+        load["lora"] = lora
     if a.threads:
         load["threads"] = a.threads
     trainer = call(op="load", **load)["model"]
@@ -178,7 +183,8 @@ def sync(a: argparse.Namespace) -> dict:
     steady = runs[1:] or runs
     best = min(steady, key=lambda x: x["total_s"])
     copy_s = min(copies)
-    return {"model": "builtin:small", "bytes": best["bytes"], "dir": best["path_dir"],
+    return {"model": "builtin:small", "lora": lora, "bytes": best["bytes"],
+            "dir": best["path_dir"],
             "reps": a.sync_reps, "sync_s": best["total_s"], "export_s": best["export_s"],
             "import_s": best["import_s"],
             "sync_s_median": statistics.median(x["total_s"] for x in steady),
@@ -191,6 +197,7 @@ def main() -> None:
     p.add_argument("--python-loop", action="store_true")
     p.add_argument("--generation", action="store_true")
     p.add_argument("--sync", action="store_true")
+    p.add_argument("--lora-sync", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--prompts", type=int, default=8)
@@ -203,14 +210,20 @@ def main() -> None:
     p.add_argument("--sync-reps", type=int, default=4)
     a = p.parse_args()
     a.batches = [int(x) for x in a.batches.split(",") if x]
-    everything = not (a.python_loop or a.generation or a.sync)
+    everything = not (a.python_loop or a.generation or a.sync or a.lora_sync)
     result: dict = {"engine": "torch", "cpus": os.cpu_count()}
     if everything or a.python_loop:
         result["python_loop"] = python_loop(a)
     if everything or a.generation:
         result["generation"] = generation(a)
-    if everything or a.sync:
+    if everything or a.sync or a.lora_sync:
         result["sync"] = sync(a)
+    if everything or a.lora_sync:
+        lo = sync(a, {"r": 16, "alpha": 32, "targets": "all-linear"})
+        full = result["sync"]
+        result["sync_lora"] = {**lo, "full_bytes": full["bytes"],
+                               "full_sync_s": full["sync_s"],
+                               "bytes_ratio": lo["bytes"] / full["bytes"]}
     import torch
     result["threads"] = torch.get_num_threads()
     result["torch"] = torch.__version__

@@ -50,5 +50,39 @@ t.test("a corrupt safetensors file is a config error naming it", function()
   end
 end)
 
+t.test("lora crosses both transports; a worker generator syncs the adapter only", function()
+  local lora = { r = 4, alpha = 8, targets = { "q_proj", "v_proj" } }
+  local trainer <close> = rl.model { path = dir .. "/qwen2", lora = lora, threads = 1,
+                                     lr = 0.05, reference = true }
+  local gen <close> = rl.model { path = dir .. "/qwen2", lora = lora, threads = 1,
+                                 transport = "worker" }
+  local ti, gi = trainer:info(), gen:info()
+  t.eq(gi.trainable, ti.trainable)
+  t.ok(ti.trainable < ti.params / 10, "adapter only")
+  t.eq(ti.lora.r, 4)
+  t.eq(ti.lora.targets[2], "v_proj")
+  local sft = { { prompt = "the cat", text = " sat on the mat" } }
+  trainer:train_step(sft, { loss = "sft" })
+  t.eq(trainer:sync(gen), 1)
+  local a = trainer:logprobs(sft)
+  local b = gen:logprobs(sft)
+  for j = 1, #a[1] do t.eq(a[1][j], b[1][j], "logprob " .. j) end
+end)
+
+t.test("lora and short-name errors are config errors naming the option", function()
+  local ok, e = pcall(rl.model, { path = dir .. "/qwen2", lora = 4 })
+  t.ok(not ok)
+  t.eq(e.kind, "config")
+  t.match(e.message, "option 'lora' must be a table, got a number")
+  for _, tr in ipairs { "embedded", "worker" } do
+    ok, e = pcall(rl.model, { path = dir .. "/qwen2", transport = tr, lora = { r = 2, targets = { "nope" } } })
+    t.eq(e.kind, "config", tr)
+    t.match(e.message, "'lora%.targets' names %['nope'%]")
+    ok, e = pcall(rl.model, { path = "no-such-model-xyz", transport = tr })
+    t.eq(e.kind, "config", tr)
+    t.match(e.message, "make models")
+  end
+end)
+
 sh("rm -rf " .. t.shquote(dir))
 t.done()
