@@ -76,20 +76,23 @@ end
 -- key -> comment from the rl.config{...} block's lines ("key = value, -- comment"),
 -- with comment-only lines that follow a setting joined to its comment; and the keys
 -- in the order the block lists them.
-local function comments(lines)
+local function comments(lines, anchor)
+  anchor = anchor or "config%s*[{(]"
   local first
   for i, line in ipairs(lines) do
-    if line:match("config%s*[{(]") and not line:match("^%s*%-%-") then first = i; break end
+    if line:match(anchor) and not line:match("^%s*%-%-") then first = i; break end
   end
   local notes, order = {}, {}
   if not first then return notes, order end
-  local depth, last = 0, nil  -- last: the keys of the previous setting line
+  -- base: the depth of the settings table's own keys (rl.config{ is 1,
+  -- rl.config(rl.recipe.settings { is 2)
+  local depth, base, last = 0, nil, nil  -- last: the keys of the previous setting line
   for i = first, #lines do
     local line = lines[i]
     local code, comment = line:match("^(.-)%-%-%s?(.*)$")
     code = code or line
-    if depth == 1 or i == first then
-      local start = i == first and code:match("config%s*[{(]%s*{?()") or 1
+    if depth == base or i == first then
+      local start = i == first and (code:match("{()", code:find(anchor) or 1) or #code + 1) or 1
       -- the line's own settings: nested tables and calls (rl.setting{...}) flattened
       local flat = code:sub(start):gsub("%b{}", "{}"):gsub("%b()", "()")
       local keys = {}
@@ -109,11 +112,12 @@ local function comments(lines)
         last = nil
       end
     end
-    local from = i == first and (code:match("config%s*()[{(]") or 1) or 1
+    local from = i == first and (code:find(anchor) or 1) or 1
     for c in code:sub(from):gmatch("[{}()]") do
       depth = depth + ((c == "{" or c == "(") and 1 or -1)
     end
-    if depth <= 0 then break end
+    base = base or depth
+    if depth <= 0 or depth < base then break end
   end
   return notes, order
 end
@@ -159,6 +163,15 @@ local function describe(v)
   return typename(v), tostring(v)
 end
 
+local function read_lines(path)
+  local f, err = io.open(path, "r")
+  if not f then return nil, err end
+  local lines = {}
+  for line in f:lines() do lines[#lines + 1] = line end
+  f:close()
+  return lines
+end
+
 -- text(path, lines, defaults) -> the help text.
 function M.text(path, lines, defaults)
   local out = {}
@@ -178,7 +191,19 @@ function M.text(path, lines, defaults)
     if type(k) == "string" and not seen[k] then rest[#rest + 1] = k end
   end
   table.sort(rest)
-  for _, k in ipairs(rest) do keys[#keys + 1] = k end
+  -- Settings the recipe did not write itself: rl.recipe.settings' shared model ones
+  -- (their comments are in lua/rl/recipe.lua) or computed keys.
+  local shared_file = package.searchpath("rl.recipe", package.path)
+  local shared_lines = shared_file and read_lines(shared_file)
+  local shared_notes, shared_order = {}, {}
+  if shared_lines then shared_notes, shared_order = comments(shared_lines, "shared%s*=%s*{") end
+  local in_shared = {}
+  for _, k in ipairs(shared_order) do in_shared[k] = true end
+  local heading_at
+  for _, k in ipairs(rest) do
+    if in_shared[k] then heading_at = heading_at or #keys + 1; notes[k] = shared_notes[k] end
+    keys[#keys + 1] = k
+  end
   out[#out + 1] = "settings (set any with key=value after the recipe):"
   local rows, w1, w2 = {}, 0, 0
   for _, k in ipairs(keys) do
@@ -187,21 +212,16 @@ function M.text(path, lines, defaults)
     w1 = math.max(w1, math.min(#rows[#rows][1], 30))
     w2 = math.max(w2, math.min(#default, 22))
   end
-  for _, r in ipairs(rows) do
+  for i, r in ipairs(rows) do
+    if i == heading_at then
+      out[#out + 1] = "model settings (shared by the recipes: lua/rl/recipe.lua):"
+    end
     local line = ("  %-" .. w1 .. "s  %-" .. w2 .. "s  %s"):format(r[1], r[2], r[3])
     out[#out + 1] = (line:gsub("%s+$", ""))
   end
   return table.concat(out, "\n") .. "\n"
 end
 
-local function read_lines(path)
-  local f, err = io.open(path, "r")
-  if not f then return nil, err end
-  local lines = {}
-  for line in f:lines() do lines[#lines + 1] = line end
-  f:close()
-  return lines
-end
 
 local STOP = {}  -- the error value that ends the recipe at rl.config
 
