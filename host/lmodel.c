@@ -91,6 +91,7 @@ static const Opt load_opts[] = {
     {"path", 'S'},     {"transport", 'S'},    {"timeout", 'N'},    {"backend", 'S'},
     {"device", 'S'},   {"dtype", 'S'},        {"threads", 'I'},    {"seed", 'I'},
     {"reference", 'B'}, {"lr", 'N'},          {"weight_decay", 'N'}, {"betas", 'P'},
+    {"precision", 'S'}, {"gradient_checkpointing", 'B'}, /* torch_precision.py */
     {"eps", 'N'},      {"schedule", 'S'},     {"warmup", 'I'},     {"total_steps", 'I'},
     {"min_lr_ratio", 'N'}, {"lora", 'T'},  {NULL, 0},
 };

@@ -28,6 +28,7 @@ int luaopen_rl_endpoint(lua_State *L), luaopen_rl_cache(lua_State *L), luaopen_r
 int luaopen_rl_fs(lua_State *L);     /* host/lfs.c */
 int luaopen_rl_random(lua_State *L); /* host/lrandom.c */
 int luaopen_rl_cmodel(lua_State *L); /* host/lmodel.c */
+int luaopen_rl_service(lua_State *L); /* host/lservice.c */
 
 /* The JSON bridge for other bindings. Both raise on failure (kind "value" for
  * values JSON cannot carry, "parse" for bad text, naming the key path or byte

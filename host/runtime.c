@@ -20,6 +20,7 @@ static const luaL_Reg preloads[] = {
     {"rl.fs", luaopen_rl_fs},
     {"rl.random", luaopen_rl_random},
     {"rl.cmodel", luaopen_rl_cmodel}, /* host/lmodel.c */
+    {"rl.service_c", luaopen_rl_service}, /* host/lservice.c */
     {NULL, NULL},
 };
 

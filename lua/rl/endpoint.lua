@@ -6,7 +6,9 @@
 --   ep:chat(requests, opts)     -- raw batch: requests are prompt strings, message
 --   ep:complete(requests, opts)    lists or {messages=|prompt=, ...} tables; returns
 --                                  one reply per request: {ok=true, texts={..},
---                                  finish={..}, usage={prompt=,completion=}, attempts=,
+--                                  finish={..}, logprobs={..} (choices' logprobs
+--                                  objects, when the server sent them),
+--                                  usage={prompt=,completion=}, attempts=,
 --                                  latency_ms=} or {ok=false, kind=, message=,
 --                                  retryable=, status=, attempts=}
 --   ep:generate(prompts, opts)  -- the generation-source interface: prompt-major
@@ -97,7 +99,7 @@ local function read(info, res, state)
     return failure(res, "http", ("%s: response body is not a JSON object (%d bytes)"):format(
       info.url, #res.body), true)
   end
-  local texts, finish, usage = {}, {}, { prompt = 0, completion = 0 }
+  local texts, finish, usage, logprobs = {}, {}, { prompt = 0, completion = 0 }, {}
   if info.api == "anthropic" then
     local parts = {}
     for _, block in ipairs(type(doc.content) == "table" and doc.content or {}) do
@@ -120,13 +122,16 @@ local function read(info, res, state)
       else t = type(ch.message) == "table" and ch.message.content or nil end
       texts[i] = type(t) == "string" and t or ""
       finish[i] = FINISH[ch.finish_reason] or tostring(ch.finish_reason)
+      -- Kept as the server sent it (a judge reads its top log-probs: rl.judge).
+      if type(ch.logprobs) == "table" then logprobs[i] = ch.logprobs end
     end
     local u = type(doc.usage) == "table" and doc.usage or {}
     usage.prompt, usage.completion = tonumber(u.prompt_tokens) or 0, tonumber(u.completion_tokens) or 0
   end
   state.prompt_tokens = (state.prompt_tokens or 0) + usage.prompt
   state.completion_tokens = (state.completion_tokens or 0) + usage.completion
-  return { ok = true, texts = texts, finish = finish, usage = usage, attempts = res.attempts,
+  return { ok = true, texts = texts, finish = finish, usage = usage, logprobs = logprobs,
+           attempts = res.attempts,
            latency_ms = res.latency_ms, status = res.status }
 end
 

@@ -39,6 +39,8 @@ local lazy = {
   judge = field("rl.judge", "judge"),
   reward = module "rl.reward",
   cache = module "rl.cache",
+  -- servers a recipe starts (an OpenAI-compatible server as a child process)
+  server = field("rl.server", "server"),
 }
 for _, k in ipairs{"chunks", "slice", "len", "sum", "mean", "stats", "repeat_each",
                    "flatten", "groups", "sorted_keys", "copy"} do

@@ -22,6 +22,11 @@
 -- weights, optimizer state, version) is lost, so sync a generator again, and
 -- info().restarts says it happened.
 --
+-- Precision and memory: `precision` ("fp32", the CPU default; "bf16-mixed": float32
+-- master weights, bfloat16 autocast; "bf16": pure bfloat16; "fp16-mixed": CUDA only,
+-- with a gradient scaler) and `gradient_checkpointing = true` (recompute activations in
+-- the backward pass); `threads` defaults to the cores the process may use.
+--
 -- The C handle carries requests to the engine (scripts/PROTOCOL.md) over the chosen
 -- transport; the methods here shape them. Option names and values are checked by the
 -- engine, which names the field at fault (kind="config"); a bad request leaves the
@@ -105,6 +110,18 @@ function methods:logprobs(samples, opts)
   req.samples = engine_samples(samples)
   local r = self:_call("logprobs", req)
   return r.logprobs, r.ref_logprobs
+end
+
+--- model:next_logprobs(prompts, candidates, opts) -> reply
+-- The log-probs of each candidate string as the next token after each prompt (a
+-- judge's verdict distribution; scripts/PROTOCOL.md, op next_logprobs): reply.logprobs
+-- [i][c] for prompt i and candidate c, reply.mass[i] (their summed probability),
+-- reply.top[i] (the most likely next token), reply.first_only (candidates scored by
+-- their first token).
+function methods:next_logprobs(prompts, candidates, opts)
+  local req = copy(opts)
+  req.prompts, req.candidates = prompts, candidates
+  return self:_call("next_logprobs", req)
 end
 
 --- model:backward(samples, opts) -> stats: accumulate gradients for a micro-batch.

@@ -14,6 +14,7 @@ bitwise identical results in a fresh process with the same thread count.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import glob
 import json
@@ -31,6 +32,9 @@ import torch
 
 from . import __version__
 from .errors import ConfigError, EngineIOError, NonFiniteError, StateError
+from .cores import available_cores
+from .torch_precision import (Checkpointing, adamw_kernel, entropy_sum, keeps_position_mask,
+                              resolve as resolve_precision)
 from .torch_io import (check_safetensors_file, corrupt_error, export_weights, forget,
                        import_weights, load_safetensors, read_safetensors_into,
                        write_safetensors)
@@ -39,8 +43,6 @@ from . import model_path, torch_export, torch_lora
 
 log = logging.getLogger("rlengine")
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64,
-          "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECKPOINT_FORMAT = 1
 
 
@@ -121,6 +123,10 @@ class BuiltinNet:
     def logits(self, module: Any, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         # Right-padded batches: causal attention alone keeps pads out of real positions.
         return module(ids)
+
+    def completion_logits(self, module: Any, ids: torch.Tensor, valid: torch.Tensor,
+                          keep: torch.Tensor) -> torch.Tensor:
+        return module(ids, keep=keep)
 
     def prefill(self, ids: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor,
                 total: int) -> tuple[torch.Tensor, dict]:
@@ -229,6 +235,16 @@ class HFNet:
     def logits(self, module: Any, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return module(input_ids=ids, attention_mask=valid.long(), use_cache=False).logits
 
+    def completion_logits(self, module: Any, ids: torch.Tensor, valid: torch.Tensor,
+                          keep: torch.Tensor) -> torch.Tensor:
+        # The model's own head (tied embeddings, soft-capping, logit scaling included)
+        # on the kept positions only: no (B, L, V) logits over prompts and padding.
+        # The class decides; `module` may be a copy or a wrapper of it (the reference).
+        if keeps_position_mask(self.module):
+            return module(input_ids=ids, attention_mask=valid.long(), use_cache=False,
+                          logits_to_keep=keep).logits
+        return self.logits(module, ids, valid)[keep]
+
     def prefill(self, ids: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor,
                 total: int) -> tuple[torch.Tensor, dict]:
         b, p = ids.shape
@@ -296,7 +312,8 @@ def _unb64(s: str) -> torch.Tensor:
 class TorchModel:
     def __init__(self, o: dict) -> None:
         self.opts = o
-        torch.set_num_threads(o["threads"] or os.cpu_count() or 1)
+        self.threads = o["threads"] or available_cores()
+        torch.set_num_threads(self.threads)
         if o["device"] == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
         else:
@@ -304,7 +321,9 @@ class TorchModel:
             if dev == "cuda" and not torch.cuda.is_available():
                 raise ConfigError("load: 'device' is 'cuda' but no CUDA device is available")
         self.device = torch.device(dev)
-        self.dtype = DTYPES[o["dtype"]]
+        self.prec = resolve_precision(o["precision"], o["dtype"], self.device)
+        o["precision"], o["dtype"] = self.prec.name, self.prec.dtype_name
+        self.dtype = self.prec.dtype
         if o["schedule"] != "constant" and o["total_steps"] is None:
             raise ConfigError(f"load: schedule '{o['schedule']}' needs 'total_steps'")
         seed = o["seed"]
@@ -339,7 +358,10 @@ class TorchModel:
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         self.opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]),
-                                     eps=o["eps"], foreach=False)
+                                     eps=o["eps"], **adamw_kernel(self.device))
+        self.ckpt = Checkpointing(self.module, isinstance(self.net, BuiltinNet)) \
+            if o["gradient_checkpointing"] else None
+        self.scaler = self.prec.grad_scaler()
         self.version = 0
         self.steps = 0
         self.export_path: str | None = None
@@ -357,11 +379,17 @@ class TorchModel:
 
     def _reset_accum(self) -> None:
         self.acc = {"calls": 0, "loss": 0.0, "kl": 0.0, "kl_tokens": 0, "entropy": 0.0,
-                    "tokens": 0, "samples": 0}
+                    "entropy_tokens": 0, "tokens": 0, "samples": 0}
 
     def _discard_grads(self) -> None:
         self.opt.zero_grad(set_to_none=True)
         self._reset_accum()
+
+    def activate(self) -> None:
+        """Called before each op: torch's thread count is process-wide, and another
+        model loaded in the same process may have set its own."""
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def lr_at(self, step: int) -> float:
         o = self.opts
@@ -429,8 +457,13 @@ class TorchModel:
 
     def _completion_logits(self, module: Any, ids: torch.Tensor, valid: torch.Tensor,
                            sel: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Logits (N, V) predicting the N completion tokens, in sample order."""
-        logits = self._float(self.net.logits(module, ids, valid)[:, :-1][sel])
+        """Logits (N, V) predicting the N completion tokens, in sample order, computed
+        under the model's precision (autocast for mixed) and returned in float32 or wider."""
+        # A position predicts the next token: the last column predicts nothing.
+        keep = torch.nn.functional.pad(sel, (0, 1))
+        with self.prec.autocast():
+            logits = self.net.completion_logits(module, ids, valid, keep)
+        logits = self._float(logits)
         if temperature != 1.0:
             logits = logits / temperature
         return logits
@@ -448,6 +481,8 @@ class TorchModel:
                 "device": str(self.device),
                 "dtype": self.opts["dtype"], "version": self.version, "steps": self.steps,
                 "path": self.opts["path"], "arch": self.net.arch_name(), "vocab": self.net.vocab,
+                "cores": available_cores(), "precision": self.prec.name,
+                "gradient_checkpointing": self.ckpt is not None,
                 "context": self.net.context, "reference": self.ref is not None,
                 "backend": "torch", "threads": torch.get_num_threads()}
 
@@ -484,7 +519,7 @@ class TorchModel:
         out_lp: list[list[float]] = [[] for _ in range(B)]
         finish = ["length"] * B
         done = [False] * B
-        with torch.inference_mode():
+        with torch.inference_mode(), self.prec.autocast():
             logits, state = self.net.prefill(ids, valid, pos, P + T)
             for s in range(T):
                 nxt, lp = self._sample(logits, o, g)
@@ -596,12 +631,11 @@ class TorchModel:
         targets = ids[:, 1:][sel]
         dev, fdt = self.device, self._float(torch.empty((), dtype=self.dtype)).dtype
         seg = torch.repeat_interleave(torch.arange(len(keep)), torch.tensor(counts)).to(dev)
-        logits = self._completion_logits(self.module, ids, valid, sel, o["temperature"])
+        with self.ckpt.training() if self.ckpt else contextlib.nullcontext():
+            logits = self._completion_logits(self.module, ids, valid, sel, o["temperature"])
         logp_all = torch.log_softmax(logits, dim=-1)
         lp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
-        with torch.no_grad():
-            plogp = logp_all.detach()
-            entropy = -(plogp.exp() * plogp).sum(-1)
+        ent_sum = entropy_sum(logp_all) if o["entropy"] else None
         loss_kind = o["loss"]
         if loss_kind == "sft":
             tok_loss = -lp
@@ -640,18 +674,21 @@ class TorchModel:
         value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteError(f"backward: the loss is {value}; no gradient was accumulated")
+        del logits, logp_all  # (N, V) each: not held through the backward pass
         try:
-            loss.backward()
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
         except BaseException:
             self._discard_grads()
             raise
-        ent_sum = float(entropy.sum())
-        stats.update(loss=value, tokens=ntok, entropy=ent_sum / ntok,
+        stats.update(loss=value, tokens=ntok,
+                     entropy=None if ent_sum is None else ent_sum / ntok,
                      kl=None if kl_sum is None else kl_sum / ntok)
         acc = self.acc
         acc["calls"] += 1
         acc["loss"] += value
-        acc["entropy"] += ent_sum
+        if ent_sum is not None:
+            acc["entropy"] += ent_sum
+            acc["entropy_tokens"] += ntok
         acc["tokens"] += ntok
         acc["samples"] += len(keep)
         if kl_sum is not None:
@@ -664,9 +701,13 @@ class TorchModel:
         if acc["calls"] == 0:
             raise StateError("step: no backward since the last step (call backward first)")
         with_grad = [p for p in self.params.values() if p.grad is not None]
+        if self.scaler and with_grad:
+            self.scaler.unscale_(self.opt)  # the norm and clipping see true gradients
         norm_t = torch.nn.utils.get_total_norm([p.grad for p in with_grad], 2.0) \
             if with_grad else None
         norm = float(norm_t) if norm_t is not None else 0.0
+        if not math.isfinite(norm) and self.scaler and with_grad:
+            return self._skip_overflow(norm)
         if not math.isfinite(norm):
             self._discard_grads()
             raise NonFiniteError(f"step: the gradient norm is {norm}; the step was not "
@@ -676,17 +717,132 @@ class TorchModel:
         lr = o["lr"] if o["lr"] is not None else self.lr_at(self.steps)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        self.opt.step()
+        if self.scaler and with_grad:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.steps += 1
         self.version += 1
-        tokens = acc["tokens"]
+        return self._step_result(norm, lr)
+
+    def _step_result(self, norm: float, lr: float) -> dict:
+        acc = self.acc
         result = {"loss": acc["loss"], "grad_norm": norm, "lr": lr,
                   "kl": acc["kl"] / acc["kl_tokens"] if acc["kl_tokens"] else None,
-                  "entropy": acc["entropy"] / tokens if tokens else None,
-                  "tokens": tokens, "samples": acc["samples"], "version": self.version}
+                  "entropy": (acc["entropy"] / acc["entropy_tokens"]
+                              if acc["entropy_tokens"] else None),
+                  "tokens": acc["tokens"], "samples": acc["samples"], "version": self.version}
+        if self.scaler:
+            result["skipped"] = False
+            result["loss_scale"] = float(self.scaler.get_scale())
         self._reset_accum()
         return result
+
+    def _skip_overflow(self, norm: float) -> dict:
+        """fp16-mixed: the scaled gradients overflowed. As torch.amp.GradScaler does,
+        the update is skipped (weights, step count and version unchanged) and the
+        loss scale lowered; early steps do this until the scale fits the gradients."""
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        result = self._step_result(norm, self.lr_at(self.steps))
+        result["skipped"] = True
+        return result
+
+    # ---- judge verdicts --------------------------------------------------------------
+
+    def _candidate_ids(self, cands: list[str], prefix: str) -> tuple[list[int], list[str]]:
+        """One token id per candidate (`prefix` + candidate encoded without special
+        tokens): its only token, or its first when no other candidate starts with the
+        same one. Returns the ids and the candidates cut to their first token."""
+        ids, cut, owner = [], [], {}
+        for i, c in enumerate(cands):
+            t = self.tok.encode_text(prefix + c)
+            if not t:
+                raise ConfigError(f"next_logprobs: 'candidates[{i + 1}]' encodes to no tokens")
+            if t[0] in owner:
+                j = owner[t[0]]
+                raise ConfigError(
+                    f"next_logprobs: 'candidates[{j + 1}]' ({cands[j]!r}) and "
+                    f"'candidates[{i + 1}]' ({c!r}) start with the same token "
+                    f"{self.tok.decode([t[0]])!r}, so the next token cannot tell them apart "
+                    f"(use candidates that differ in their first token, e.g. a scale of "
+                    f"single digits)")
+            owner[t[0]] = i
+            ids.append(t[0])
+            if len(t) > 1:
+                cut.append(c)
+        return ids, cut
+
+    def next_logprobs(self, o: dict) -> dict:
+        """Log-probs (natural log, temperature 1, no filtering) of each candidate as the
+        next token after each prompt: the verdict distribution of a model judge.
+
+        A prompt ending in a space, with a tokenizer that writes a word's leading space
+        into the word's token (byte-level BPE: 'Score:' + 'Ġ7'), is scored without that
+        space and with it put before each candidate, so the model sees the split it was
+        trained on, not a lone space token. Prompts are encoded as `generate` encodes
+        them. Returns {"logprobs": [[float per candidate] per prompt], "mass": [sum of
+        the candidates' probabilities per prompt], "top": [most likely next token per
+        prompt, decoded], "top_logprob": [its log-prob], "first_only": [candidates cut to
+        their first token]}.
+        """
+        cands = o["candidates"]
+        if len(set(cands)) != len(cands):
+            raise ConfigError("next_logprobs: 'candidates' has duplicates")
+        plain, cut = self._candidate_ids(cands, "")
+        spaced: list[int] | None = None
+        space = self.tok.encode_text(" ")
+        try:
+            sp, sp_cut = self._candidate_ids(cands, " ")
+            if all(t not in space for t in sp):
+                spaced, cut = sp, sorted(set(cut) | set(sp_cut))
+        except ConfigError:
+            spaced = None  # the spaced forms collide: keep the prompt's space as it is
+        rows, which = [], []
+        for i, p in enumerate(o["prompts"]):
+            if not isinstance(p, str):
+                raise ConfigError(f"next_logprobs: 'prompts[{i + 1}]' must be a string")
+            heal = spaced is not None and p.endswith(" ")
+            ids = self.tok.encode_prompt(p[:-1] if heal else p)
+            if not ids:
+                raise ConfigError(f"next_logprobs: 'prompts[{i + 1}]' encodes to no tokens")
+            if len(ids) > self.net.context:
+                raise ConfigError(f"next_logprobs: 'prompts[{i + 1}]' has {len(ids)} tokens, "
+                                  f"more than the model's context of {self.net.context}")
+            rows.append(ids)
+            which.append(spaced if heal else plain)
+        out: dict[str, list] = {"logprobs": [], "mass": [], "top": [], "top_logprob": [],
+                                "first_only": cut}
+        chunk = 16  # bounds the prefill's memory on long judge prompts
+        with torch.inference_mode():
+            for s in range(0, len(rows), chunk):
+                part = rows[s:s + chunk]
+                B, P = len(part), max(len(r) for r in part)
+                ids = torch.full((B, P), self.net.pad_id, dtype=torch.long)
+                valid = torch.zeros((B, P), dtype=torch.bool)
+                for i, r in enumerate(part):
+                    ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
+                    valid[i, P - len(r):] = True
+                ids, valid = ids.to(self.device), valid.to(self.device)
+                pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+                logits, _ = self.net.prefill(ids, valid, pos, P)
+                logp = torch.log_softmax(self._float(logits), dim=-1)
+                if not bool(torch.isfinite(logp).all()):
+                    raise NonFiniteError("next_logprobs: the model produced non-finite "
+                                         "logits (diverged weights?)")
+                top_lp, top_id = logp.max(-1)
+                for i in range(B):
+                    cand = torch.tensor(which[s + i], dtype=torch.long, device=logp.device)
+                    lp = logp[i].gather(0, cand)
+                    out["logprobs"].append(lp.tolist())
+                    out["mass"].append(float(lp.exp().sum()))
+                    t = int(top_id[i])
+                    # A special token (end of turn) decodes to nothing: name it by id.
+                    out["top"].append(self.tok.decode([t]) or f"<token {t}>")
+                    out["top_logprob"].append(float(top_lp[i]))
+        return out
 
     # ---- checkpoints -----------------------------------------------------------------
 
@@ -735,7 +891,9 @@ class TorchModel:
                               "eps": self.opts["eps"],
                               "weight_decay": self.opts["weight_decay"]},
                 "params": {k: list(p.shape) for k, p in self.params.items()},
-                "rng": self._rng_state()}
+                "rng": self._rng_state(), "precision": self.prec.name}
+        if self.scaler:
+            meta["scaler"] = self.scaler.state_dict()
         # engine.json last: its presence means the files before it are complete.
         tmp = os.path.join(d, "engine.json.tmp")
         with open(tmp, "w") as f:
@@ -781,15 +939,20 @@ class TorchModel:
         # Everything is read and checked before the model changes.
         self._load_weights(d)
         self.opt.state.clear()
+        fused = bool(self.opt.defaults.get("fused"))
         for name, p in self.params.items():
             st = {}
             for key in ("step", "exp_avg", "exp_avg_sq"):
                 t = opt_tensors.get(f"{name}.{key}")
                 if t is not None:
-                    st[key] = t if key == "step" else t.to(device=p.device, dtype=p.dtype)
+                    # The fused (CUDA) kernel keeps step counts on the device.
+                    st[key] = (t.to(p.device) if fused else t) if key == "step" \
+                        else t.to(device=p.device, dtype=p.dtype)
             if st:
                 self.opt.state[p] = st
         self._set_rng_state(meta["rng"])
+        if self.scaler and isinstance(meta.get("scaler"), dict):
+            self.scaler.load_state_dict(meta["scaler"])
         self.version = int(meta["version"])
         self.steps = int(meta["steps"])
         self._discard_grads()

@@ -29,6 +29,7 @@ class Model(Protocol):
     def info(self) -> dict: ...
     def generate(self, o: dict) -> dict: ...
     def logprobs(self, o: dict) -> dict: ...
+    def next_logprobs(self, o: dict) -> dict: ...
     def backward(self, o: dict) -> dict: ...
     def step(self, o: dict) -> dict: ...
     def save(self, o: dict) -> dict: ...
@@ -72,6 +73,7 @@ MODEL_HANDLERS = {
     "info": _op_info,
     "generate": _model_op("generate"),
     "logprobs": _model_op("logprobs"),
+    "next_logprobs": _model_op("next_logprobs"),
     "backward": _model_op("backward"),
     "step": _model_op("step"),
     "save": _model_op("save"),
@@ -152,6 +154,9 @@ def dispatch(req: Any) -> dict:
             model.close()
             result = {}
         else:
+            # Process-wide settings (torch's thread count) are per model: embedded
+            # models share one process, so each op puts its own model's back.
+            getattr(model, "activate", lambda: None)()
             result = MODEL_HANDLERS[op](model, opts)
         return {"id": rid, "ok": True, **result}
     except SystemExit:

@@ -125,6 +125,17 @@ def stop_list(op: str, name: str, v: Any) -> list[str]:
     return v
 
 
+def candidates(op: str, name: str, v: Any) -> list[str]:
+    """Next-token candidates (judge verdicts such as "7" or "yes"): non-empty strings."""
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"{op}: '{name}' must be a non-empty list of strings, got {_desc(v)}")
+    for i, c in enumerate(v):
+        if not isinstance(c, str) or not c:
+            got = "an empty string" if c == "" else _desc(c)
+            raise ConfigError(f"{op}: '{name}[{i + 1}]' must be a non-empty string, got {got}")
+    return v
+
+
 def betas(op: str, name: str, v: Any) -> list[float]:
     if not isinstance(v, list) or len(v) != 2:
         raise ConfigError(f"{op}: '{name}' must be a list of two numbers, got {_desc(v)}")
@@ -256,7 +267,11 @@ LOAD = {
     "path": Field(string(), required=True),
     "backend": Field(choice("torch"), "torch"),
     "device": Field(choice("auto", "cpu", "cuda"), "auto"),
-    "dtype": Field(choice("float32", "float64", "bfloat16", "float16"), "float32"),
+    # dtype is the parameters' storage type; precision (torch_precision.py) adds
+    # autocast and a gradient scaler. Both unset: fp32 on the CPU, bf16-mixed on CUDA.
+    "dtype": Field(choice("float32", "float64", "bfloat16", "float16"), None),
+    "precision": Field(choice("fp32", "bf16-mixed", "bf16", "fp16-mixed"), None),
+    "gradient_checkpointing": Field(boolean, False),
     "threads": Field(integer(1), None),
     "seed": Field(integer(0, 2**63 - 1), 0),
     "reference": Field(boolean, False),
@@ -294,12 +309,17 @@ OPS: dict[str, dict[str, Field]] = {
         **SAMPLES_OPTS,
         "reference": Field(boolean, False),
     },
+    "next_logprobs": {
+        "prompts": Field(prompts, required=True),
+        "candidates": Field(candidates, required=True),
+    },
     "backward": {
         **SAMPLES_OPTS,
         "loss": Field(choice("sft", "pg", "ppo"), "pg"),
         "advantages": Field(advantages, None),
         "kl": Field(number(0.0), 0.0),
         "kl_estimator": Field(choice("k1", "k3"), "k3"),
+        "entropy": Field(boolean, True),  # the statistic; false skips its (N, V) pass
         "agg": Field(choice("token-mean", "seq-mean"), "token-mean"),
         "scale": Field(number(), 1.0),
         "clip_low": Field(number(0.0, 1.0), 0.2),

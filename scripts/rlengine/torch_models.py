@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,9 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", ang.cos().float(), persistent=False)
         self.register_buffer("rope_sin", ang.sin().float(), persistent=False)
         self._ang = ang
+        # Set by torch_precision.Checkpointing during a training forward: each block's
+        # activations are recomputed in the backward instead of kept.
+        self.checkpointing = False
 
     def init_weights(self, seed: int) -> None:
         """Deterministic GPT-2 style init from `seed`, independent of global RNG state.
@@ -162,8 +166,10 @@ class GPT(nn.Module):
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None,
                 cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                start: int = 0, last_only: bool = False) -> torch.Tensor:
-        """Logits for `ids` (B, T).
+                start: int = 0, last_only: bool = False,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for `ids` (B, T): (B, T, V), or (N, V) for the N true positions of
+        `keep` (boolean (B, T)) in row-major order, the head running on those only.
 
         positions: (B, T) rotary positions (default 0..T-1); mask: boolean (B, 1, T, K)
         attention mask, None = plain causal (right-padded or unpadded batches); cache:
@@ -175,10 +181,16 @@ class GPT(nn.Module):
         cos = self.rope_cos[positions].unsqueeze(1)
         sin = self.rope_sin[positions].unsqueeze(1)
         x = self.embed(ids)
+        ckpt = self.checkpointing and cache is None and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
-            x = blk(x, cos, sin, mask, cache[i] if cache is not None else None, start)
+            if ckpt:
+                x = checkpoint(blk, x, cos, sin, mask, None, start, use_reentrant=False)
+            else:
+                x = blk(x, cos, sin, mask, cache[i] if cache is not None else None, start)
         if last_only:
             x = x[:, -1:]
+        if keep is not None:
+            x = x[keep]
         return self.lm_head(self.ln_f(x))
 
 

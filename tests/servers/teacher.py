@@ -35,12 +35,20 @@ generator:
   ignore_n     answer one choice whatever n asks for (llama.cpp, Ollama)
   api_key      when set, a request without this key (Authorization: Bearer or
                x-api-key) gets 401 with an OpenAI-style body that quotes the key it got
+  logprob_mass (for requests asking for log-probs: chat logprobs=true with
+               top_logprobs=k, completions logprobs=k) the probability the first
+               token's distribution puts on verdict tokens, default 0.9: the judge's
+               verdict V (its rule's score, or A/B) as " V" (0.6 of it) and "V" (0.2 of
+               it), a neighbour verdict (0.2 of it), the rest on " The"; the top k
+               of these come back, most likely first
   rule         judge rule: "len10" (score = 1 + len(completion) % 10), "digit" (the
                first digit in the completion; none: an unparsable answer),
                "const:N", "longer" (pairwise: the longer answer wins)
 
 Use in-process:  srv = Teacher(rule="len10"); srv.start(); srv.url ...; srv.stop()
-or as a program: teacher.py [--config JSON]  (prints "PORT n" once listening).
+or as a program: teacher.py [--config JSON] [--port N] [--delay SECONDS]
+(prints "PORT n" once listening; --delay waits that long before listening).
+GET /v1/models lists one model, "teacher" (a readiness probe's target).
 GET /_stats returns the counters; POST /_config merges new settings (and with
 {"reset": true} zeroes the counters).
 """
@@ -49,6 +57,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
+import math
 import random
 import re
 import socket
@@ -70,6 +79,7 @@ DEFAULTS = {
     "fail_first": 0,
     "api_key": None,
     "echo_key": None,
+    "logprob_mass": 0.9,
 }
 
 # Faults that are answers (status 200, well-formed), not transport failures.
@@ -110,6 +120,29 @@ def judge_answer(rule: str, prompt: str, unparsable: bool) -> str | None:
     else:
         score = 5
     return f"The response addresses the prompt; reasoning about quality.\n\nRating: [[{score}]]"
+
+
+def verdict_dist(answer: str | None, mass: float) -> list[tuple[str, float]]:
+    """The first token's distribution for a judge answer (see logprob_mass), most
+    likely first; [] when the answer holds no verdict."""
+    m = re.search(r"\[\[(\w+)\]\]", answer or "")
+    if not m:
+        return []
+    v = m.group(1)
+    other = {"A": "B", "B": "A"}.get(v) or (str(int(v) + 1) if v.isdigit() and int(v) < 9
+                                            else str(int(v) - 1) if v.isdigit() else "A")
+    dist = [(" " + v, 0.6 * mass), (v, 0.2 * mass), (" " + other, 0.2 * mass), (" The", 1 - mass)]
+    return sorted(dist, key=lambda t: -t[1])
+
+
+def logprobs_field(dist: list[tuple[str, float]], k: int, chat: bool) -> dict:
+    """A choice's "logprobs" object with the top k of dist, in OpenAI's shapes."""
+    top = [(t, math.log(p)) for t, p in dist[:k] if p > 0]
+    if chat:
+        entry = lambda t, l: {"token": t, "logprob": l, "bytes": list(t.encode())}  # noqa: E731
+        return {"content": [{**entry(*top[0]), "top_logprobs": [entry(t, l) for t, l in top]}]}
+    return {"tokens": [top[0][0]], "token_logprobs": [top[0][1]],
+            "top_logprobs": [{t: l for t, l in top}], "text_offset": [0]}
 
 
 def cut_off(answer: str, prompt: str) -> str:
@@ -189,6 +222,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/_stats":
             self._send(200, json.dumps(self.server.snapshot()).encode())
+        elif self.path.rstrip("/").endswith("/models"):  # OpenAI's model list
+            body = {"object": "list", "data": [{"id": "teacher", "object": "model"}]}
+            self._send(200, json.dumps(body).encode())
         else:
             self._send(404, b'{"error":"not found"}')
 
@@ -304,6 +340,12 @@ class Handler(BaseHTTPRequestHandler):
             text = req.get("prompt", "")
         n = 1 if cfg["ignore_n"] else int(req.get("n", 1) or 1)
         ans = judge_answer(cfg["rule"], text, unparsable)
+        top_k = (req.get("top_logprobs") if chat and req.get("logprobs") else
+                 req.get("logprobs") if not chat else None)
+        dist = verdict_dist(ans, cfg["logprob_mass"]) if top_k else []
+        if dist:
+            self.server.count("logprobs_requests")
+            ans = dist[0][0]  # the judge wrote its most likely first token (max_tokens=1)
         choices = []
         finish = "length" if cut else "stop"
         for i in range(n):
@@ -315,6 +357,8 @@ class Handler(BaseHTTPRequestHandler):
                                 "finish_reason": finish})
             else:
                 choices.append({"index": i, "text": t, "finish_reason": finish})
+            if dist:
+                choices[-1]["logprobs"] = logprobs_field(dist, int(top_k), chat)
         body = {"id": "cmpl-test", "object": "chat.completion" if chat else "text_completion",
                 "model": req.get("model"), "choices": choices,
                 "usage": {"prompt_tokens": len(text) // 4 + 1,
@@ -412,7 +456,10 @@ def main(argv):
     cfg = {}
     if "--config" in argv:
         cfg = json.loads(argv[argv.index("--config") + 1])
-    srv = Server(("127.0.0.1", 0), cfg)
+    if "--delay" in argv:  # a server that takes a while to load its model
+        time.sleep(float(argv[argv.index("--delay") + 1]))
+    port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 0
+    srv = Server(("127.0.0.1", port), cfg)
     print(f"PORT {srv.server_address[1]}", flush=True)
     try:
         srv.serve_forever(poll_interval=0.05)
