@@ -151,8 +151,10 @@ install: $(BUILD)/rlhost
 	install -m 755 $(BUILD)/rlhost $(DESTDIR)$(PREFIX)/bin/rlhost
 	cp -R lua scripts recipes $(DESTDIR)$(PREFIX)/share/rlhost/
 	find $(DESTDIR)$(PREFIX)/share/rlhost -name __pycache__ -prune -exec rm -rf {} +
-	@# the installed tree uses the source tree's .venv (RLHOST_VENV overrides)
-	if [ -x .venv/bin/python ]; then echo "$(CURDIR)/.venv" > $(DESTDIR)$(PREFIX)/share/rlhost/venv; fi
+	@# The installed tree records the source tree's .venv (its real path; RLHOST_VENV
+	@# overrides) rather than copying it: it is 5.7 GB, and a copy of a venv breaks
+	@# anyway (its scripts name the old path). If it goes, rlhost says so and how to fix it.
+	if [ -x .venv/bin/python ]; then (cd .venv && pwd -P) > $(DESTDIR)$(PREFIX)/share/rlhost/venv; fi
 
 clean:
 	rm -rf build build-san build-fuzz

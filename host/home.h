@@ -15,5 +15,12 @@ int home_find(char *out, size_t outlen, char *err, size_t errlen);
 /* The Python virtual environment: $RLHOST_VENV, else <home>/.venv, else the path
  * written in <home>/venv by `make install`. 0 ok; -1 with err filled. */
 int home_venv(const char *home, char *out, size_t outlen, char *err, size_t errlen);
+/* The recipe file for `name` as typed on the command line: `name` itself when it
+ * is a file; else a bare name (`sft`, `sft.lua`) is <home>/recipes/NAME.lua and a
+ * relative path (`recipes/sft.lua`) is taken under <home>, so shipped recipes run
+ * from any directory. 0 with the path in out; -1 with err naming every place
+ * looked at. */
+int home_recipe(const char *home, const char *name, char *out, size_t outlen, char *err,
+                size_t errlen);
 
 #endif

@@ -30,7 +30,8 @@ static const char usage_text[] =
     "  -e CODE        run CODE (may be repeated; runs before RECIPE)\n"
     "  -i             interactive mode after the rest (rl is already required)\n"
     "  -              read the recipe from standard input\n"
-    "  -h, --help     show this help\n"
+    "  -h, --help     show this help; with a recipe (before or after it), the\n"
+    "                 recipe's settings, their types, defaults and comments\n"
     "  -v, --version  show the version and what it was built against\n"
     "  --             stop handling options\n"
     "\n"
@@ -67,6 +68,7 @@ typedef struct Args {
     const char *chunks[64]; /* -e CODE, in order */
     int nchunks;
     int interactive;
+    int help;     /* --help with a recipe: its settings, nothing run */
     int script;   /* index of RECIPE (or "-") in argv, 0 if none */
     int first;    /* first argument after options/script: settings and args */
 } Args;
@@ -84,6 +86,10 @@ static int parse_args(int argc, char **argv, Args *a)
         if (s[0] != '-' || strcmp(s, "-") == 0)
             break;
         if (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0) {
+            if (i + 1 < argc && argv[i + 1][0] != '-' && !ov_is_override(argv[i + 1])) {
+                a->help = 1; /* rlhost --help RECIPE */
+                continue;
+            }
             fputs(usage_text, stdout);
             exit(EXIT_OK);
         } else if (strcmp(s, "-v") == 0 || strcmp(s, "--version") == 0) {
@@ -106,6 +112,12 @@ static int parse_args(int argc, char **argv, Args *a)
     if (i < argc && !ov_is_override(argv[i]))
         a->script = i++;
     a->first = i;
+    for (int j = i; a->script && j < argc; j++) /* RECIPE --help | -h | help */
+        if (strcmp(argv[j], "--help") == 0 || strcmp(argv[j], "-h") == 0 ||
+            strcmp(argv[j], "help") == 0)
+            a->help = 1;
+    if (a->help && (!a->script || strcmp(argv[a->script], "-") == 0))
+        return usage_error("--help with a recipe needs the recipe's file%s", "");
     if (!a->script && !a->nchunks && !a->interactive) {
         if (i < argc)
             return usage_error("no recipe given before the setting '%s'", argv[i]);
@@ -192,17 +204,58 @@ static int run_chunk(lua_State *L, const char *code)
     return rt_report(L, rt_docall(L, 0, 0));
 }
 
-static int run_script(lua_State *L, const char *path, char **argv, int argc, int script)
+static int run_script(lua_State *L, const char *path, char **argv, int argc, int script,
+                      int interactive)
 {
     int status = strcmp(path, "-") == 0 ? luaL_loadfile(L, NULL) : luaL_loadfile(L, path);
     if (status != LUA_OK)
         return rt_report_load(L);
+    if (interactive)
+        repl_keep_locals(L); /* the REPL after it sees the recipe's locals */
     int n = 0;
     for (int i = script + 1; i < argc; i++, n++) {
         luaL_checkstack(L, 1, "too many arguments");
         lua_pushstring(L, argv[i]);
     }
     return rt_report(L, rt_docall(L, n, 0));
+}
+
+/* Module search (lua/rl/paths.lua): the recipe's directory, the current one and
+ * rlhost's recipes/, with a one-line error for a module found in none. */
+static int setup_paths(lua_State *L, const char *home, const char *script_dir)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "rl.paths");
+    int status = rt_docall(L, 1, 1);
+    if (status == LUA_OK) {
+        lua_getfield(L, -1, "install");
+        lua_remove(L, -2);
+        lua_pushstring(L, home);
+        if (script_dir)
+            lua_pushstring(L, script_dir);
+        else
+            lua_pushnil(L);
+        status = rt_docall(L, 2, 0);
+    }
+    return status == LUA_OK ? EXIT_OK : rt_report(L, status);
+}
+
+/* RECIPE --help: rl.help.main prints the recipe's settings, running it no further
+ * than its rl.config call. Returns its exit status. */
+static int recipe_help(lua_State *L, const char *path)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "rl.help");
+    int status = rt_docall(L, 1, 1);
+    if (status != LUA_OK)
+        return rt_report(L, status);
+    lua_getfield(L, -1, "main");
+    lua_pushstring(L, path);
+    if ((status = rt_docall(L, 1, 1)) != LUA_OK)
+        return rt_report(L, status);
+    int rc = (int)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    return rc;
 }
 
 /* `rl` as a global for -e and the REPL, like `lua -l`. */
@@ -230,13 +283,13 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *script = a.script ? argv[a.script] : NULL;
-    char script_dir[PATH_MAX] = ".";
+    char script_dir[PATH_MAX] = ".", recipe[PATH_MAX];
     if (script && strcmp(script, "-") != 0) {
-        if (access(script, R_OK) != 0) {
-            fprintf(stderr, "rlhost: cannot open recipe '%s': %s\n", script,
-                    strerror(errno));
+        if (home_recipe(home, script, recipe, sizeof recipe, err, sizeof err) != 0) {
+            fprintf(stderr, "rlhost: %s\n", err);
             return EXIT_USAGE;
         }
+        script = argv[a.script] = recipe; /* arg[0] is the file that runs */
         snprintf(script_dir, sizeof script_dir, "%s", script);
         char *slash = strrchr(script_dir, '/');
         if (slash)
@@ -265,13 +318,18 @@ int main(int argc, char **argv)
     }
     create_arg_table(L, argv, argc, a.script ? a.script : a.first - 1);
 
-    rc = EXIT_OK;
+    if ((rc = setup_paths(L, home, script ? script_dir : NULL)) != EXIT_OK)
+        goto done;
     if ((a.nchunks || a.interactive) && (rc = require_rl_global(L)) != EXIT_OK)
         goto done;
     for (int i = 0; i < a.nchunks && rc == EXIT_OK; i++)
         rc = run_chunk(L, a.chunks[i]);
+    if (rc == EXIT_OK && script && a.help) {
+        rc = recipe_help(L, script);
+        goto done;
+    }
     if (rc == EXIT_OK && script)
-        rc = run_script(L, script, argv, argc, a.script);
+        rc = run_script(L, script, argv, argc, a.script, a.interactive);
     if (rc == EXIT_OK && a.interactive) {
         print_version();
         repl_run(L);

@@ -102,13 +102,14 @@ local gen = {max_tokens = max_tokens, temperature = cfg.temperature, stop = task
 local k = cfg.n > 1 and {1, cfg.n} or {1}
 
 -- One handle at a time, on the base model and LoRA setting each checkpoint records.
-local report, samples_of = {}, {}
+local report, samples_of, generations = {}, {}, {}
 for _, m in ipairs(models) do
   local policy <close> = rl.recipe.open(cfg, m.path, {seed = cfg.seed})
-  local r, samples = rl.eval.run{source = policy, data = rows, scorers = scorers, n = cfg.n,
-                                 k = k, gen = gen, model = m.label}
+  local r, samples, scores = rl.eval.run{source = policy, data = rows, scorers = scorers,
+                                         n = cfg.n, k = k, gen = gen, model = m.label}
   for _, row in ipairs(r) do report[#report + 1] = row end
   samples_of[#samples_of + 1] = samples
+  generations[#generations + 1] = {model = m.label, samples = samples, scores = scores}
 end
 
 -- Pairwise: for every prompt the teacher sees A's and B's answers (in both orders)
@@ -130,7 +131,8 @@ end
 local title = cfg.title or ("%s on %s (%d prompts, n=%d, temperature %g)")
   :format(#models == 2 and "comparison" or "evaluation", cfg.data or task.heldout, #rows, cfg.n,
           cfg.temperature)
-local paths, md = rl.eval.report(report, {dir = cfg.out, title = title})
+local paths, md = rl.eval.report(report, {dir = cfg.out, title = title,
+                                          generations = generations})
 io.stdout:write(md)
-io.stderr:write(("rlhost: report in %s%s\n")
-                :format(paths.md, paths.png and (" and " .. paths.png) or ""))
+io.stderr:write(("rlhost: report in %s%s; every generation in %s\n")
+                :format(paths.md, paths.png and (" and " .. paths.png) or "", paths.samples))

@@ -76,6 +76,8 @@ local cfg = rl.config(rl.recipe.settings {
   checkpoint_every = rl.setting{25, min = 0},
   keep_last = rl.setting{2, min = 0}, -- checkpoints kept (the newest verified ones; 0: all)
   plot = true,                    -- metrics.png at the end (needs matplotlib in .venv)
+  log_samples = rl.setting{8, min = -1}, -- samples per step kept in <dir>/samples.jsonl (0: none, -1: all)
+  tensorboard = false,            -- also TensorBoard events in <dir>/tensorboard/ (tensorboard --logdir runs/)
   resume = true,                  -- continue the run in `dir` if there is one
   fresh = false,                  -- start again in `dir`, removing its checkpoints
   seed = 1,
@@ -96,8 +98,17 @@ local max_tokens = cfg.max_tokens > 0 and cfg.max_tokens or task.max_tokens
 local prompt_rows = {"prompt", "prompt-completion", "preference"}  -- rows with a prompt
 local data = rl.dataset(find(cfg.data or task.train), {shuffle = true, seed = cfg.seed,
                                                        formats = prompt_rows})
-local heldout = cfg.eval_every > 0
-  and rl.dataset(find(cfg.eval_data or task.heldout), {formats = prompt_rows}) or nil
+local heldout
+if cfg.eval_every > 0 and cfg.data and not cfg.eval_data then
+  -- The task's held-out prompts are another set than data= trains on: hold out the
+  -- end of the given data instead (scored with the task's reward, as training is).
+  data, heldout = rl.eval.hold_out_given(data, {
+    path = cfg.data, n = cfg.eval_prompts,
+    dataset_opts = {shuffle = true, seed = cfg.seed, formats = prompt_rows},
+    scored_by = ("with the %s task's reward"):format(cfg.task)})
+elseif cfg.eval_every > 0 then
+  heldout = rl.dataset(find(cfg.eval_data or task.heldout), {formats = prompt_rows})
+end
 
 -- The teacher, when one is configured: it grades samples with the rubric (the
 -- judge) and stands in for a failing local generator.
@@ -117,8 +128,9 @@ end
 -- the directory moved, are fine: resuming extends the run).
 local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwrite = cfg.fresh,
                    checkpoint_every = cfg.checkpoint_every, keep_last = cfg.keep_last,
-                   plot = cfg.plot,
-                   allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir"}}
+                   plot = cfg.plot, tensorboard = cfg.tensorboard, log_samples = cfg.log_samples,
+                   allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir",
+                                          "tensorboard", "log_samples"}}
 
 -- Scoring: the judge first; samples it cannot score (server down, an answer with no
 -- readable score) go to the native reward. rl.fallback prints one line the first
@@ -217,7 +229,7 @@ for step in run:steps(cfg.steps) do
 
   -- 2. Score: one reward per sample in [0, 1]; nil when nothing could score it.
   stop = run:phase("score")
-  local rewards = rl.score(scorer, samples, {raise = true})
+  local rewards, scored = rl.score(scorer, samples, {raise = true})
   stop()
 
   -- 3. Advantages. The KL penalty comes off the reward first; then each sample is
@@ -245,6 +257,9 @@ for step in run:steps(cfg.steps) do
       if not cfg.train_off_policy then adv[i] = nil end
     end
   end
+  -- What the model wrote and what it got for it: samples.jsonl, and the completion
+  -- and reward metrics (lengths, clipped_ratio, tokens/s, reward_by_source, ...).
+  run:log_samples(samples, {rewards = rewards, info = scored, advantages = adv, group = cfg.group})
 
   -- 4. Update: gradients accumulate over micro-batches and are normalised by the
   -- whole batch's token count, so the result does not depend on micro_batch.

@@ -42,6 +42,7 @@ local cfg = rl.config(rl.recipe.settings {
   checkpoint_every = rl.setting{50, min = 0},
   keep_last = rl.setting{2, min = 0}, -- checkpoints kept (the newest verified ones; 0: all)
   plot = true,                    -- metrics.png at the end (needs matplotlib in .venv)
+  tensorboard = false,            -- also TensorBoard events in <dir>/tensorboard/ (tensorboard --logdir runs/)
   resume = true,                  -- continue the run in `dir` if there is one
   fresh = false,                  -- start again in `dir`, removing its checkpoints
 })
@@ -59,18 +60,32 @@ local task = require("tasks." .. cfg.task)
 -- run here (file and line named, exit status 2) and the run directory stays as it was.
 local opts = {shuffle = true, seed = cfg.seed, formats = {"prompt-completion", "messages"}}
 local data = rl.dataset(find(cfg.data or task.train), opts)
+local heldout, eval_scorer = nil, {"native", task.reward}
+if cfg.eval_every > 0 and cfg.data and not cfg.eval_data then
+  -- The task's held-out prompts and reward would measure another task than data=
+  -- trains: hold out the end of the given data, scored against its own answers
+  -- (with the task's reward only when task= says the data is that task's).
+  local by_task = require("rl.config").resolved().overridden.task
+  if not by_task then eval_scorer = {"exact", rl.reward.exact{}} end
+  data, heldout = rl.eval.hold_out_given(data, {
+    path = cfg.data, n = cfg.eval_prompts, dataset_opts = opts,
+    scored_by = by_task and ("by the " .. cfg.task .. " task's reward")
+                or "by exact match with their reference"})
+elseif cfg.eval_every > 0 then
+  heldout = rl.dataset(find(cfg.eval_data or task.heldout),
+                       {formats = {"prompt", "prompt-completion", "preference"}})
+end
 if cfg.examples > 0 and cfg.examples < #data then
   data = rl.dataset(rl.slice(data:all(), 1, cfg.examples), opts)
 end
-local heldout = cfg.eval_every > 0 and rl.dataset(find(cfg.eval_data or task.heldout),
-  {formats = {"prompt", "prompt-completion", "preference"}}) or nil
 
 -- The run directory: refused here if it holds another config's run (more steps, or
 -- the directory moved, are fine: resuming extends the run).
 local run = rl.run{dir = cfg.dir, resume = cfg.resume and not cfg.fresh, overwrite = cfg.fresh,
                    checkpoint_every = cfg.checkpoint_every, keep_last = cfg.keep_last,
-                   plot = cfg.plot,
-                   allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir"}}
+                   plot = cfg.plot, tensorboard = cfg.tensorboard,
+                   allow_config_change = {"steps", "resume", "fresh", "threads", "plot", "dir",
+                                          "tensorboard"}}
 
 -- The model, from scratch (builtin:) or pretrained weights (a Hugging Face directory),
 -- or what init= holds (its run or checkpoint records the model: no model= needed).
@@ -94,7 +109,7 @@ end
 -- the same measure recipes/rlaif.lua logs, so the two runs' curves line up.
 local eval_rows = heldout and rl.slice(heldout:all(), 1, math.min(cfg.eval_prompts, #heldout))
 local function evaluate()
-  local r = rl.eval.run{source = policy, data = eval_rows, scorers = {{"native", task.reward}},
+  local r = rl.eval.run{source = policy, data = eval_rows, scorers = {eval_scorer},
                         gen = {max_tokens = task.max_tokens, temperature = 0, stop = task.stop,
                                seed = 0}}
   return r[1].mean, r[1].pass_at["1"]

@@ -10,7 +10,11 @@ metrics.jsonl holds one JSON object per step (rl.run writes it). Curves are draw
 for the keys a recipe logs under the usual names (reward, loss, kl, grad_norm,
 entropy, lr, ...), numbers nested one level deep included (`stats.loss`), and a
 stacked view of the seconds per phase under `time`. Missing values (null) are
-gaps, not zeros.
+gaps, not zeros. The reward carries a band of ± its standard deviation across the
+step's samples (reward_std), completion length a band from its min to its max;
+series longer than SMOOTH_MIN points are drawn faint with an exponential moving
+average over them (TensorBoard's smoothing). A series that never changes (a constant
+lr) gets no panel: its value is written under the figure.
 """
 from __future__ import annotations
 
@@ -27,11 +31,18 @@ matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 # Curves in this order when present; then any other numeric series.
-PREFERRED = ["reward", "reward.mean", "eval_reward", "loss", "stats.loss", "kl", "stats.kl",
-             "grad_norm", "stats.grad_norm", "entropy", "stats.entropy", "lr", "stats.lr",
-             "clip_frac", "stats.clip_frac"]
+PREFERRED = ["reward", "reward.mean", "eval_reward", "loss", "stats.loss",
+             "frac_reward_zero_std", "completion_length.mean", "clipped_ratio", "kl",
+             "stats.kl", "grad_norm", "stats.grad_norm", "entropy", "stats.entropy", "lr",
+             "stats.lr", "clip_frac", "stats.clip_frac", "time.tokens_per_s"]
 SKIP = {"step", "version", "stats.version", "stats.tokens", "tokens"}
-MAX_PANELS = 9
+# Drawn as bands around another panel's curve, not as panels of their own.
+BANDS = {"reward": ("reward_std", None),
+         "completion_length.mean": ("completion_length.min", "completion_length.max")}
+BAND_PARTS = {p for lo_hi in BANDS.values() for p in lo_hi if p}
+MAX_PANELS = 12
+SMOOTH_MIN = 10      # points before a series is smoothed
+SMOOTH_WEIGHT = 0.6  # TensorBoard's default smoothing weight
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
@@ -51,13 +62,14 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
 
 
 def numeric_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """Flatten numbers one level deep (`stats.loss`), excluding `time`."""
+    """Flatten numbers one level deep (`stats.loss`); of `time`, only the rate
+    time.tokens_per_s (the seconds per phase have their own panel)."""
     series: dict[str, list[tuple[int, float]]] = {}
     for rec in rows:
         step = rec["step"]
         for key, val in rec.items():
             if key == "time":
-                continue
+                val = {"tokens_per_s": val.get("tokens_per_s")} if isinstance(val, dict) else {}
             items = val.items() if isinstance(val, dict) else [(None, val)]
             for sub, v in items:
                 name = key if sub is None else f"{key}.{sub}"
@@ -76,20 +88,70 @@ def time_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]
         if not isinstance(t, dict):
             continue
         for k, v in t.items():
-            if k in ("elapsed",) or not isinstance(v, (int, float)):
+            if k in ("elapsed", "tokens_per_s") or not isinstance(v, (int, float)):
                 continue
             out.setdefault(k, []).append((rec["step"], float(v)))
     return out
 
 
+def constants(series: dict[str, list[tuple[int, float]]]) -> dict[str, float]:
+    """Series with one value throughout (a constant lr): shown as text, not panels."""
+    return {n: pts[0][1] for n, pts in series.items()
+            if len(pts) > 1 and len({v for _, v in pts}) == 1}
+
+
 def choose(series: dict[str, list[tuple[int, float]]]) -> list[str]:
-    names = [n for n in PREFERRED if n in series and len(series[n]) > 0]
+    """The panels: preferred names first, then other series that change."""
+    const = constants(series)
+    names = [n for n in PREFERRED if n in series and n not in const]
     # nested duplicates of a top-level curve add nothing
     names = [n for n in names if not (n.startswith("stats.") and n[6:] in names)]
+    # one scorer's mean is the reward itself
+    by_source = [n for n in series if n.startswith("reward_by_source.")]
+    single = set(by_source) if len(by_source) == 1 else set()
+    if "frac_reward_zero_std" in series:  # the same groups, as a count
+        single.add("zero_var_groups")
     for n in sorted(series):
-        if n not in names and len({v for _, v in series[n]}) > 1:
-            names.append(n)
+        if n not in names and n not in const and n not in BAND_PARTS and n not in single:
+            if len({v for _, v in series[n]}) > 1:
+                names.append(n)
     return names[: MAX_PANELS - 1]
+
+
+def smooth(ys: list[float], weight: float = SMOOTH_WEIGHT) -> list[float]:
+    """Debiased exponential moving average (as TensorBoard draws it)."""
+    out, acc, norm = [], 0.0, 0.0
+    for y in ys:
+        acc = acc * weight + (1 - weight) * y
+        norm = norm * weight + (1 - weight)
+        out.append(acc / norm)
+    return out
+
+
+def draw_series(ax: Any, name: str, series: dict[str, list[tuple[int, float]]]) -> None:
+    """One panel: the curve (smoothed when long), with its band when it has one."""
+    xs, ys = zip(*series[name])
+    if len(ys) >= SMOOTH_MIN:
+        line, = ax.plot(xs, ys, lw=0.8, alpha=0.3)
+        ax.plot(xs, smooth(list(ys)), lw=1.4, color=line.get_color())
+    else:  # a series logged at a few steps only (eval_reward) shows its points
+        line, = ax.plot(xs, ys, lw=1.2, marker="o" if len(ys) < 5 else None, ms=3)
+    lo_name, hi_name = BANDS.get(name, (None, None))
+    if lo_name in series:
+        at = dict(series[name])
+        lo = dict(series[lo_name])
+        hi = dict(series[hi_name]) if hi_name in series else None
+        steps = [s for s in xs if s in lo and (hi is None or s in hi)]
+        if hi is None:  # a standard deviation around the curve
+            lows = [at[s] - lo[s] for s in steps]
+            highs = [at[s] + lo[s] for s in steps]
+            label = f"± {lo_name}"
+        else:
+            lows, highs = [lo[s] for s in steps], [hi[s] for s in steps]
+            label = "min..max"
+        ax.fill_between(steps, lows, highs, alpha=0.15, color=line.get_color(), lw=0,
+                        label=label)
+        ax.legend(fontsize=7)
 
 
 def plot_run(run_dir: str, out: str | None) -> str:
@@ -107,8 +169,7 @@ def plot_run(run_dir: str, out: str | None) -> str:
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
     flat = [ax for row in axes for ax in row]
     for ax, name in zip(flat, names):
-        xs, ys = zip(*series[name])
-        ax.plot(xs, ys, lw=1.2)
+        draw_series(ax, name, series)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
@@ -128,7 +189,11 @@ def plot_run(run_dir: str, out: str | None) -> str:
     for ax in flat[panels:]:
         ax.axis("off")
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)), fontsize=11)
-    fig.tight_layout()
+    const = constants(series)
+    if const:
+        text = "constant: " + ", ".join(f"{k} = {v:g}" for k, v in sorted(const.items()))
+        fig.text(0.01, 0.005, text, fontsize=7, ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.03 if const else 0, 1, 1))
     out = out or os.path.join(run_dir, "metrics.png")
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -242,7 +242,8 @@ function M.write(dir, step, parts)
                    retryable = type(err) == "table" and err.retryable or false,
                    message = ("checkpoint %s/ckpt-%d not written: %s; %s"):format(
                      dir, step, why, prev and ("the previous checkpoint " .. prev.path
-                                                .. " is kept (resume=true continues from it)")
+                                                .. " is kept (" .. require("rl.run").how("resume", true)
+                                                .. " continues from it)")
                                            or "no earlier checkpoint exists")}, 0)
 end
 

@@ -145,7 +145,7 @@ end
 local function suggest(key, defaults)
   local known = {}
   for _, k in ipairs(all_keys(defaults, "", {})) do known[k] = true end
-  return util.suggest(key, known)
+  return require("rl.help").alias(key, known) or util.suggest(key, known)
 end
 
 -- An environment variable's text as a value of the declared type.

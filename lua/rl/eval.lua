@@ -224,8 +224,62 @@ function M.markdown(rows, title)
   return table.concat(lines, "\n") .. "\n"
 end
 
--- report(rows, {dir=, name="report", title=, plot=true}) -> paths: writes
--- NAME.md, NAME.json (atomically) and NAME.png (when Python and matplotlib are there).
+-- holdout(rows, n) -> train_rows, heldout_rows: the last n rows, at most a tenth of
+-- them, kept out of training to evaluate on (a recipe given data= without
+-- eval_data=: the task's own held-out set would measure another task). heldout_rows
+-- is nil when there are fewer than 10 rows.
+function M.holdout(rows, n)
+  local k = math.min(n, #rows // 10)
+  if k < 1 then return rows, nil end
+  return batch.slice(rows, 1, #rows - k), batch.slice(rows, #rows - k + 1, #rows)
+end
+
+-- hold_out_given(data, {path=, n=, scored_by=, dataset_opts=}) -> data, heldout:
+-- holdout() on a dataset given as data= without eval_data=, saying on stderr what
+-- is evaluated (the last rows of `path`, `scored_by`), or that there is too little
+-- data to evaluate on (heldout nil).
+function M.hold_out_given(data, o)
+  local dataset = require("rl.dataset").dataset
+  local rows, held = M.holdout(data:all(), o.n)
+  if not held then
+    io.stderr:write(("rlhost: data=%s without eval_data= has %d rows, too few to hold any "
+                     .. "out: no evaluation (give eval_data=)\n"):format(o.path, #data))
+    return data, nil
+  end
+  io.stderr:write(("rlhost: data=%s without eval_data=: evaluating on its last %d rows, held "
+                   .. "out of training, %s (eval_data= to choose, eval_every=0 for none)\n")
+                  :format(o.path, #held, o.scored_by))
+  return dataset(rows, o.dataset_opts), dataset(held)
+end
+
+-- samples_jsonl(generations) -> text: one JSON line per sample of each
+-- {model=, samples=, scores=} (as rl.eval.run returns them): model, i, prompt,
+-- completion (the generated text), reference, finish, length (tokens), source, and
+-- per scorer its reward and reason: rewards = {native = 0.8}, reasons = {...}.
+function M.samples_jsonl(generations)
+  local lines = {}
+  for _, g in ipairs(generations) do
+    local names = batch.sorted_keys(g.scores or {})
+    for i, s in ipairs(g.samples) do
+      local rewards, reasons = json.object(), json.object()
+      for _, name in ipairs(names) do
+        local sc = g.scores[name]
+        local r, inf = sc.rewards[i], sc.info[i] or {}
+        rewards[name] = r == nil and json.null or r
+        if inf.reason or inf.message then reasons[name] = inf.reason or inf.message end
+      end
+      lines[#lines + 1] = json.encode({
+        model = g.model, i = i, prompt = s.prompt, completion = s.text, reference = s.reference,
+        finish = s.finish, length = type(s.ids) == "table" and #s.ids or nil, source = s.source,
+        rewards = rewards, reasons = reasons}, {sort_keys = true, replace_invalid_utf8 = true})
+    end
+  end
+  return table.concat(lines, "\n") .. (#lines > 0 and "\n" or "")
+end
+
+-- report(rows, {dir=, name="report", title=, plot=true, generations=}) -> paths:
+-- writes NAME.md, NAME.json (atomically), NAME.png (when Python and matplotlib are
+-- there) and, given generations (see samples_jsonl), samples.jsonl beside them.
 function M.report(rows, opts)
   opts = opts or {}
   local dir = opts.dir or "."
@@ -237,6 +291,10 @@ function M.report(rows, opts)
   fs.write(paths.md, md)
   local rep = {title = title, rows = rows, deltas = deltas(rows)}
   fs.write(paths.json, json.encode(rep, {sort_keys = true, indent = true}) .. "\n")
+  if opts.generations then
+    paths.samples = dir .. "/samples.jsonl"
+    fs.write(paths.samples, M.samples_jsonl(opts.generations))
+  end
   if opts.plot ~= false then
     local png = dir .. "/" .. name .. ".png"
     local ok, why = require("rl.run").plot({"--report", paths.json, "-o", png})

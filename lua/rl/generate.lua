@@ -14,6 +14,11 @@
 -- list's contents joined by newlines. sample.messages is the message list the
 -- prompt was (the one the template rendered, with its system message), nil for a
 -- string prompt given to a model without a chat template.
+--
+-- The generated text is `sample.text`. A row's reference answer is
+-- `sample.reference`; a row that has only a `completion` (SFT data: prompt and
+-- completion) gives it as `sample.reference` too. `sample.completion` stays, for
+-- rewards written before, as the dataset's completion, never the generated text.
 
 local M = {}
 
@@ -116,6 +121,9 @@ function M.generate(source, prompts, opts)
         -- overwrite the generated text.
         for k, v in pairs(extra) do
           if s[k] == nil then s[k] = v end
+        end
+        if s.reference == nil and type(extra.completion) == "string" then
+          s.reference = extra.completion
         end
       end
     end

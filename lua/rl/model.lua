@@ -208,8 +208,22 @@ function methods:sync(...)
 end
 
 --- rl.model(options) -> handle
+-- A model read from a directory is announced in one line with its load time (the
+-- engine's libraries draw no progress bars of their own); builtin: models are instant.
 function M.model(opts)
+  local t0 = require("rl.fs").monotonic()
   local m = C.open(opts)
+  local path = type(opts) == "table" and opts.path
+  local st = type(path) == "string" and require("rl.fs").stat(path)
+  if st and st.type == "dir" then
+    local ok, info = pcall(m.info, m)
+    local what = ok and type(info.params) == "number"
+                 and (" (%.1fM parameters, %s)"):format(info.params / 1e6, tostring(info.device))
+                 or ""
+    io.stderr:write(("rlhost: loaded model %s%s in %.1fs\n")
+                    :format(path, what, require("rl.fs").monotonic() - t0))
+    io.stderr:flush()
+  end
   return m
 end
 

@@ -22,6 +22,11 @@
 --                     extend a finished run
 --   overwrite         start afresh in a directory that holds an earlier run
 --   plot              write metrics.png with scripts/plot.py at the end (default true)
+--   log_samples       samples per step run:log_samples keeps in samples.jsonl: the
+--                     step's first k (with groups of k, the first prompt's group;
+--                     default 8; 0: none, -1: all)
+--   tensorboard       also write the metrics as TensorBoard events in <dir>/tensorboard/
+--                     (scripts/tensorboard_export.py) at every checkpoint and at the end
 --   seed              math.random is seeded with it when the run starts afresh
 --                     (default: the config's `seed` if it has one, else 0), since
 --                     Lua seeds it randomly and exact resume needs the same draws
@@ -30,7 +35,8 @@
 --
 -- Files: run.json (format version), config.json, metrics.jsonl (one JSON object
 -- per step, keys sorted; wall-clock times only under "time", so runs can be
--- compared without them), ckpt-<step>/ (see rl.checkpoint), metrics.png.
+-- compared without them), samples.jsonl (run:log_samples), ckpt-<step>/ (see
+-- rl.checkpoint), metrics.png, tensorboard/.
 --
 -- Exact resume: a checkpoint holds everything registered plus math.random's state;
 -- metrics lines past the checkpoint's step are dropped on resume, so each step
@@ -98,6 +104,22 @@ local function config_diff(old, new)
   return diffs
 end
 
+-- The command-line setting that makes the recipe pass rl.run option `opt` (the
+-- shipped recipes map fresh=true to overwrite, resume=true to resume), so a hint
+-- names something the user can type; else the option for the recipe's author.
+local SETTING_FOR = {overwrite = {"fresh", "overwrite"}, resume = {"resume"}, dir = {"dir"}}
+local function how(opt, value)
+  local resolved = require("rl.config").resolved()
+  local cfg = resolved and resolved.config or {}
+  for _, k in ipairs(SETTING_FOR[opt]) do
+    local v = rawget(cfg, k)
+    if v ~= nil and type(v) == type(value) then return ("%s=%s"):format(k, tostring(value)) end
+  end
+  return ("rl.run{%s = %s} in the recipe"):format(opt, type(value) == "string"
+                                                    and ("%q"):format(value) or tostring(value))
+end
+M.how = how
+
 local function has_method(obj, name)
   local ok, f = pcall(function() return obj[name] end)
   return ok and type(f) == "function"
@@ -110,7 +132,7 @@ function M.run(opts)
   for k in pairs(opts) do
     local known = {dir = 1, resume = 1, checkpoint_every = 1, keep_last = 1, total = 1,
                    allow_config_change = 1, overwrite = 1, plot = 1, progress = 1,
-                   progress_every = 1, seed = 1}
+                   progress_every = 1, seed = 1, tensorboard = 1, log_samples = 1}
     if not known[k] then config_error("rl.run: unknown option '%s'", tostring(k)) end
   end
   local self = setmetatable({}, Run)
@@ -153,14 +175,19 @@ function M.run(opts)
   end
   self.seed = self.seed or 0
   if math.type(self.seed) ~= "integer" then config_error("rl.run: seed must be an integer") end
+  self.keep_samples = opts.log_samples == nil and 8 or opts.log_samples
+  if math.type(self.keep_samples) ~= "integer" or self.keep_samples < -1 then
+    config_error("rl.run: log_samples must be an integer >= -1 (-1: all), got %s",
+                 tostring(opts.log_samples))
+  end
   -- Seeded here, not in steps(): a recipe may still seed after rl.run{} as it likes;
   -- a resumed run replaces this state with the checkpoint's.
   math.randomseed(self.seed)
   local old_text = ckpt.read(self.dir .. "/config.json")
   local has_run = old_text or fs.stat(self.dir .. "/metrics.jsonl") or #ckpt.list(self.dir) > 0
   if has_run and not self.resume and not opts.overwrite then
-    config_error("%s already holds a run: pass resume=true to continue it or overwrite=true "
-                 .. "to start again", self.dir)
+    config_error("%s already holds a run: run with %s to continue it or %s to start again",
+                 self.dir, how("resume", true), how("overwrite", true))
   end
   if old_text and self.resume then
     local ok, old = pcall(json.decode, old_text)
@@ -179,8 +206,11 @@ function M.run(opts)
     end
     if #diffs > 0 then
       if not allow then
-        config_error("%s was run with another config; resume refused (pass allow_config_change"
-                     .. "=true to override):\n  %s", self.dir, table.concat(diffs, "\n  "))
+        config_error("%s was run with another config; resume refused: run with %s to start "
+                     .. "it again, or %s for a new run beside it (a recipe lets settings change "
+                     .. "on resume with rl.run{allow_config_change = {...}}):\n  %s", self.dir,
+                     how("overwrite", true), how("dir", self.dir .. "-2"),
+                     table.concat(diffs, "\n  "))
       end
       warn(("config changed since the run started: %s"):format(table.concat(diffs, "; ")))
     end
@@ -255,6 +285,113 @@ local function finite(v)
   return r
 end
 
+local function mean_of(acc)
+  local out = json.object()
+  for _, k in ipairs(batch.sorted_keys(acc)) do out[k] = acc[k][1] / acc[k][2] end
+  return next(out) and out or nil
+end
+
+-- What TRL logs about completions: lengths, the share cut at max_tokens, tokens
+-- (tokens/s goes under "time" when the step ends: wall-clock numbers stay there).
+local function completion_metrics(samples)
+  local n, tokens, mn, mx, clipped = 0, 0, math.huge, -math.huge, 0
+  for _, s in ipairs(samples) do
+    if type(s.ids) == "table" then
+      local len = #s.ids
+      n, tokens = n + 1, tokens + len
+      mn, mx = math.min(mn, len), math.max(mx, len)
+    end
+    if s.finish == "length" then clipped = clipped + 1 end
+  end
+  local m = {clipped_ratio = #samples > 0 and clipped / #samples or nil}
+  if n > 0 then
+    m.completion_length = {mean = tokens / n, min = mn, max = mx}
+    m.tokens = tokens
+  end
+  return m
+end
+
+-- Mean reward by the scorer that gave it (a fallback chain's members) and by part
+-- of a weighted sum (rl.reward.mix: part1, part2, ...), and the fraction of groups
+-- whose rewards all agree (no signal for group-relative advantages).
+local function reward_metrics(rewards, info, n, group)
+  local by, parts = {}, {}
+  for i = 1, n do
+    local inf, r = info[i], rewards[i]
+    if type(inf) == "table" then
+      if r ~= nil and type(inf.source) == "string" then
+        local b = by[inf.source] or {0, 0}
+        b[1], b[2] = b[1] + r, b[2] + 1
+        by[inf.source] = b
+      end
+      for k, v in pairs(type(inf.parts) == "table" and inf.parts or {}) do
+        local key = "part" .. tostring(k)
+        local b = parts[key] or {0, 0}
+        b[1], b[2] = b[1] + v, b[2] + 1
+        parts[key] = b
+      end
+    end
+  end
+  local m = {reward_by_source = mean_of(by), reward_parts = mean_of(parts)}
+  if group and group > 1 and n >= group and n % group == 0 then
+    local zero = 0
+    for g = 0, n // group - 1 do
+      local first, same = nil, true
+      for i = g * group + 1, (g + 1) * group do
+        local r = rewards[i]
+        if r ~= nil then
+          if first == nil then first = r elseif r ~= first then same = false end
+        end
+      end
+      if same then zero = zero + 1 end
+    end
+    m.frac_reward_zero_std = zero / (n // group)
+  end
+  return m
+end
+
+-- run:log_samples(samples, {rewards=, info=, advantages=, group=}): this step's
+-- completion and reward metrics (completion_length{mean,min,max}, clipped_ratio,
+-- tokens and time.tokens_per_s over the step's generate phase, reward_by_source,
+-- reward_parts, frac_reward_zero_std) into the metrics line, and up to `log_samples` of the samples into samples.jsonl, one
+-- JSON object each: step, prompt, completion (the generated text), reference,
+-- reward, reward_source, reason, advantage, version, finish, length (tokens),
+-- source (the generator), group, off_policy. Written when the step ends, so a
+-- resumed run keeps each step's samples once.
+function Run:log_samples(samples, o)
+  o = o or {}
+  local rewards, info, adv = o.rewards or {}, o.info or {}, o.advantages or {}
+  local m = completion_metrics(samples)
+  self.step_tokens = (self.step_tokens or 0) + (m.tokens or 0)
+  self:log(m)
+  self:log(reward_metrics(rewards, info, #samples, o.group))
+  local keep = self.keep_samples < 0 and #samples or math.min(self.keep_samples, #samples)
+  self.pending_samples = self.pending_samples or {}
+  for i = 1, keep do
+    local s, inf = samples[i], info[i] or {}
+    self.pending_samples[#self.pending_samples + 1] = {
+      prompt = s.prompt, completion = s.text, reference = s.reference, reward = rewards[i],
+      reward_source = inf.source, reason = inf.reason or inf.message, advantage = adv[i],
+      version = s.version, finish = s.finish, length = type(s.ids) == "table" and #s.ids or nil,
+      source = s.source, group = s.group, off_policy = s.off_policy}
+  end
+end
+
+function Run:_write_samples(step)
+  local list = self.pending_samples
+  self.pending_samples = nil
+  if not list or #list == 0 then return end
+  if not self.samples_file then
+    self.samples_file = assert(io.open(self:path("samples.jsonl"), "ab"))
+  end
+  for _, rec in ipairs(list) do
+    rec = finite(rec)
+    rec.step = step
+    self.samples_file:write(json.encode(rec, {sort_keys = true, replace_invalid_utf8 = true}), "\n")
+  end
+  self.samples_file:flush()
+end
+
 -- Line numbers as "3" or "2, 5 and 9" (the first ten, then a count).
 local function line_list(ns)
   local shown = {}
@@ -271,8 +408,8 @@ end
 -- disk, a hand edit): it is moved, as it was, to metrics.jsonl.damaged (appended;
 -- written before metrics.jsonl is rewritten, so it is never lost) and the warning
 -- names its line numbers.
-function Run:_truncate_metrics(upto)
-  local path = self:path("metrics.jsonl")
+function Run:_truncate_metrics(upto, name)
+  local path = self:path(name or "metrics.jsonl")
   local text = ckpt.read(path)
   if not text then return end
   local keep, damaged, where = {}, {}, {}
@@ -311,8 +448,8 @@ function Run:_start()
     -- Starting afresh would overwrite the checkpoints and metrics a user may still
     -- recover from (a copy cut short, a hand edit): refuse, touching nothing.
     config_error("%s holds checkpoints but none is usable (see the warnings above); resume "
-                 .. "refused: move them away, or pass overwrite=true without resume to start "
-                 .. "again", self.dir)
+                 .. "refused: move them away, or run with %s to start again", self.dir,
+                 how("overwrite", true))
   end
   if found then
     ckpt.restore(found, self.parts, warn)  -- may raise (another model): nothing written yet
@@ -330,6 +467,8 @@ function Run:_start()
     for _, c in ipairs(ckpt.list(self.dir)) do fs.remove(c.path) end
     fs.remove(self:path("metrics.jsonl"))
     fs.remove(self:path("metrics.png"))
+    fs.remove(self:path("samples.jsonl"))
+    fs.remove(self:path("tensorboard"))
   end
   for _, name in ipairs(ckpt.clean(self.dir)) do
     warn(("removed %s/%s left by an interrupted write"):format(self.dir, name))
@@ -340,6 +479,7 @@ function Run:_start()
   end
   fs.write(self:path("config.json"), json.encode(self.config, {indent = true}) .. "\n")
   self:_truncate_metrics(self.step)
+  self:_truncate_metrics(self.step, "samples.jsonl")
   self.metrics = assert(io.open(self:path("metrics.jsonl"), "ab"))
   if found then
     note(("resuming %s from %s (step %d)"):format(self.dir, found.name, found.step))
@@ -374,6 +514,7 @@ function Run:_progress(rec, step_secs)
   if eta then parts[#parts + 1] = "eta " .. fmt_secs(eta) end
   local r = reward_of(rec)
   if r then parts[#parts + 1] = ("reward %.4g"):format(r) end
+  if type(rec.loss) == "number" then parts[#parts + 1] = ("loss %.4g"):format(rec.loss) end
   local ns = rec.samples
   if type(ns) == "number" and step_secs > 0 then
     parts[#parts + 1] = ("%.1f samples/s"):format(ns / step_secs)
@@ -400,6 +541,10 @@ function Run:checkpoint()
   if self.metrics then
     self.metrics:flush()
     fs.fsync(self:path("metrics.jsonl"))
+  end
+  if self.samples_file then
+    self.samples_file:flush()
+    fs.fsync(self:path("samples.jsonl"))
   end
   local t0 = fs.monotonic()
   if self.ckpt_bytes then
@@ -429,7 +574,19 @@ function Run:checkpoint()
         :format(u.path, u.why))
     end
   end
+  self:_tensorboard()
   return path
+end
+
+-- TensorBoard events for the steps logged so far (a failure is a note: the metrics
+-- are safe in metrics.jsonl, and the export can be rerun by hand).
+function Run:_tensorboard()
+  if not self.opts.tensorboard then return end
+  local ok, why = M.python_tool("tensorboard_export.py", {self.dir})
+  if not ok and not self.tb_warned then
+    self.tb_warned = true
+    warn("TensorBoard events not written: " .. why)
+  end
 end
 
 function Run:_end_step()
@@ -441,6 +598,10 @@ function Run:_end_step()
   for ph, v in pairs(self.times) do times[ph] = v end
   if self.ckpt_secs then times.checkpoint, self.ckpt_secs = self.ckpt_secs, nil end
   times.step = step_secs
+  if self.step_tokens and (times.generate or 0) > 0 then
+    times.tokens_per_s = self.step_tokens / times.generate
+  end
+  self.step_tokens = nil
   times.elapsed = fs.monotonic() - self.t_start
   self.times = {}
   rec = finite(rec)
@@ -448,6 +609,7 @@ function Run:_end_step()
   rec.time = times
   self.metrics:write(json.encode(rec, {sort_keys = true}), "\n")
   self.metrics:flush()
+  self:_write_samples(k)
   local interrupted = core.interrupted()
   local due = (self.every and self.every > 0 and k % self.every == 0) or k == self.total
               or interrupted
@@ -457,8 +619,8 @@ function Run:_end_step()
     self:_end_line()
     error(core.error{kind = "interrupted", where = "rlhost: ",
                      message = ("interrupted after step %d; checkpoint %s/ckpt-%d written "
-                                .. "(run again with resume=true to continue)")
-                       :format(k, self.dir, k)}, 0)
+                                .. "(run again with %s to continue)")
+                       :format(k, self.dir, k, how("resume", true))}, 0)
   end
 end
 
@@ -467,6 +629,8 @@ function Run:_finish()
   self.finished = true
   self:_end_line()
   if self.metrics then self.metrics:close(); self.metrics = nil end
+  if self.samples_file then self.samples_file:close(); self.samples_file = nil end
+  if self.last_ckpt ~= self.step then self:_tensorboard() end
   if self.opts.plot ~= false then self:plot() end
   if self.lock then self.lock:release(); self.lock = nil end
   if self.opts.progress ~= false then
@@ -475,10 +639,10 @@ function Run:_finish()
   end
 end
 
--- Run scripts/plot.py with the project's .venv Python. Returns true, or false
--- with a one-line reason (no Python, no matplotlib, a failed plot): plots are a
--- convenience, never a reason to fail a run.
-function M.plot(args)
+-- Run scripts/<script> with the project's .venv Python. Returns true, or false
+-- with a one-line reason (no Python, a missing package, a failure): plots and
+-- exports are a convenience, never a reason to fail a run.
+function M.python_tool(name, args)
   local home = core.home or "."
   local venv = os.getenv("RLHOST_VENV")
   if not venv then
@@ -488,7 +652,7 @@ function M.plot(args)
       if f then venv = f:gsub("%s+$", "") end
     end
   end
-  local py, script = venv .. "/bin/python", home .. "/scripts/plot.py"
+  local py, script = venv .. "/bin/python", home .. "/scripts/" .. name
   if not fs.stat(py) then return false, "no " .. py end
   if not fs.stat(script) then return false, "no " .. script end
   local q = function(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
@@ -497,9 +661,11 @@ function M.plot(args)
   local p = io.popen(table.concat(cmd, " ") .. " 2>&1")
   local out = p:read("a")
   local ok = p:close()
-  if not ok then return false, out:match("([^\n]+)\n?$") or "plot.py failed" end
+  if not ok then return false, out:match("([^\n]+)\n?$") or (name .. " failed") end
   return true
 end
+
+function M.plot(args) return M.python_tool("plot.py", args) end
 
 -- Write metrics.png (a missing Python or matplotlib is a note, not a failure).
 function Run:plot()

@@ -50,9 +50,43 @@ local function not_finite(r, what)
   return ("%s %s, not a finite number"):format(what, r ~= r and "NaN" or tostring(r))
 end
 
+-- A reward function sees each sample through a proxy that notes whether it read
+-- `text` (the generated text); one that never did and gave a whole batch the same
+-- reward is almost surely scoring the dataset's answer (sample.completion is the
+-- reference, not the generation): warned about once per function.
+local warned = setmetatable({}, {__mode = "k"})
+
+local function reading_proxy(s, seen)
+  return setmetatable({}, {
+    __index = function(_, k)
+      if k == "text" then seen.text = true end
+      return s[k]
+    end,
+    __newindex = s,
+    __pairs = function() seen.text = true; return next, s, nil end,
+    __len = function() return #s end,
+  })
+end
+
+local function warn_constant(f, rewards, n, seen)
+  if seen.text or warned[f] or n < 2 then return end
+  local first = rewards[1]
+  if first == nil then return end
+  for i = 2, n do if rewards[i] ~= first then return end end
+  warned[f] = true
+  local info = debug.getinfo(f, "S")
+  io.stderr:write(("rlhost: warning: the reward function at %s:%d gave all %d samples %s and "
+                   .. "never read sample.text, the generated text (sample.reference and "
+                   .. "sample.completion are the dataset's answer)\n")
+                  :format(info.short_src, info.linedefined, n, tostring(first)))
+  io.stderr:flush()
+end
+
 local function call_function(f, samples)
   local rewards, info = {}, {}
-  for i, s in ipairs(samples) do
+  local seen = {}
+  for i, sample in ipairs(samples) do
+    local s = reading_proxy(sample, seen)
     local t0 = os.clock()
     local ok, r, reason = pcall(f, s)
     if not ok then
@@ -72,6 +106,7 @@ local function call_function(f, samples)
       info[i] = { status = "error", kind = "value", source = "function", message = msg }
     end
   end
+  warn_constant(f, rewards, #samples, seen)
   return rewards, info
 end
 

@@ -5,9 +5,20 @@
 -- no teacher is configured or the teacher fails.
 local M = {}
 
-M.rubric = "recipes/rubrics/sort.txt"
-M.train = "recipes/data/sort_train.jsonl"
-M.heldout = "recipes/data/sort_heldout.jsonl"
+-- Paths from this file's own place, so a recipe saved anywhere (and an installed
+-- rlhost) finds the task's data: <dir of recipes/tasks>/../data/...; a copy of this
+-- file without the data beside it uses the rlhost tree's.
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+local recipes = here:match("^(.*)/tasks$") or (here .. "/..")
+local function path(rel)
+  local p = recipes .. "/" .. rel
+  local f = io.open(p, "r")
+  if f then f:close(); return p end
+  return (require("rl.core").home or ".") .. "/recipes/" .. rel
+end
+M.rubric = path("rubrics/sort.txt")
+M.train = path("data/sort_train.jsonl")
+M.heldout = path("data/sort_heldout.jsonl")
 M.stop = {"\n"}
 M.max_tokens = 12
 

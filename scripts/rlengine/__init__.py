@@ -15,3 +15,9 @@ __version__ = "0.1.0"
 # libgomp) is loaded, hence here, at the first import of the package; an explicit
 # setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Hugging Face libraries draw tqdm bars ("Loading weights", "Writing model shards") on
+# stderr, where they tear rlhost's own progress line apart; rlhost says what it is
+# doing itself (one line per model loaded, with its time). huggingface_hub reads this
+# at import; transformers' own bars are turned off where it is imported
+# (backend_torch.quiet_transformers).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -55,6 +55,13 @@ def error_kind(exc: BaseException) -> str | None:
     return None
 
 
+def quiet_transformers() -> None:
+    """No tqdm bars and no advisory warnings from transformers (see __init__.py)."""
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load(opts: dict) -> TorchModel:
     sweep_at_start()  # files that engines which died left in /dev/shm go (torch_io)
     return TorchModel(opts)
@@ -183,10 +190,8 @@ class HFNet:
         for w in weights:
             check_safetensors_file(w, "load")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+        quiet_transformers()
         self.path = path
         try:
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
