@@ -10,6 +10,7 @@
 
 #include "fs.h"
 #include "sha256.h"
+#include "sig.h"
 #include "lrl.h"
 
 #define LIST_MT "rl.fs.list"
@@ -176,14 +177,15 @@ static int l_monotonic(lua_State *L)
     return 1;
 }
 
-/* rl.fs.sleep(seconds) */
+/* rl.fs.sleep(seconds): returns early on a second stop signal (sig.h), so the hook
+ * that the signal armed stops the recipe at once instead of after the sleep. */
 static int l_sleep(lua_State *L)
 {
     lua_Number s = luaL_checknumber(L, 1);
     if (s <= 0)
         return 0;
     struct timespec ts = {(time_t)s, (long)((s - (lua_Number)(time_t)s) * 1e9)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR && sig_level() < 2)
         ;
     return 0;
 }

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from procwait import read_until
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RLHOST = os.environ.get("RLHOST", os.path.join(ROOT, "build", "rlhost"))
 TEACHER = os.path.join(ROOT, "tests", "servers", "teacher.py")
@@ -133,12 +135,17 @@ error("the recipe failed")
     assert gone(lines[1]["pid"]), "a server left open outlived the failed recipe"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_host_killed_takes_the_server_along(tmp_path, sig):
-    body = """
-local srv = rl.server { command = { PY, TEACHER, "--port", "{port}" } }
-out { pid = srv.pid }
-rl.fs.sleep(120)
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGTERM twice"])
+def test_host_killed_takes_the_server_along(tmp_path, how):
+    """A server outlives no host: SIGKILLed (the kernel's parent-death signal), asked to
+    stop by SIGTERM (the recipe sees rl.interrupted() and returns; exit 143), or stopped
+    at once by a second SIGTERM while the recipe ignores the first."""
+    wait = "rl.fs.sleep(120)" if how != "SIGTERM" else \
+        "while not rl.interrupted() do rl.fs.sleep(0.05) end"
+    body = f"""
+local srv = rl.server {{ command = {{ PY, TEACHER, "--port", "{{port}}" }} }}
+out {{ pid = srv.pid }}
+{wait}
 """
     host = subprocess.Popen([RLHOST, write(tmp_path, body)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -146,9 +153,17 @@ rl.fs.sleep(120)
         line = host.stdout.readline()
         pid = json.loads(line)["pid"]
         assert not gone(pid, within=0.2), "the server should be running"
-        host.send_signal(sig)
-        host.wait(timeout=60)
-        assert gone(pid), f"the server outlived a host killed by {sig.name}"
+        if how == "SIGKILL":
+            host.send_signal(signal.SIGKILL)
+        else:
+            host.send_signal(signal.SIGTERM)
+            if how == "SIGTERM twice":
+                # Signals do not queue: send the second once the host said it saw the first.
+                read_until(host.stderr, "SIGTERM")
+                host.send_signal(signal.SIGTERM)
+        rc = host.wait(timeout=60)
+        assert rc == (-signal.SIGKILL if how == "SIGKILL" else 143), (rc, host.stderr.read())
+        assert gone(pid), f"the server outlived a host stopped by {how}"
     finally:
         if host.poll() is None:
             host.kill()
