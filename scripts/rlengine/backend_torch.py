@@ -433,6 +433,19 @@ class TorchModel:
             out.append(seq)
         return out
 
+    def _left_padded(self, rows: list[list[int]]):
+        """Prompts left-padded to one length P, so every row's next token is at P.
+        Returns ids (B, P) long, valid (B, P) bool and positions (B, P) long (0 at each
+        row's first real token), on the model's device."""
+        B, P = len(rows), max(len(r) for r in rows)
+        ids = torch.full((B, P), self.net.pad_id, dtype=torch.long)
+        valid = torch.zeros((B, P), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
+            valid[i, P - len(r):] = True
+        ids, valid = ids.to(self.device), valid.to(self.device)
+        return ids, valid, (valid.long().cumsum(1) - 1).clamp(min=0)
+
     def _batch(self, seqs: list[Sequence]):
         """Right-padded ids and the mask selecting the trained tokens' predictions."""
         L = max(len(s.prompt) + len(s.completion) for s in seqs)
@@ -505,13 +518,7 @@ class TorchModel:
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
         g = torch.Generator(device=self.device).manual_seed(seed)
-        ids = torch.full((B, P), self.net.pad_id, dtype=torch.long)
-        valid = torch.zeros((B, P), dtype=torch.bool)
-        for i, p in enumerate(rows):
-            ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-            valid[i, P - len(p):] = True
-        ids, valid = ids.to(self.device), valid.to(self.device)
-        pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+        ids, valid, pos = self._left_padded(rows)
         next_pos = valid.long().sum(1)
         eos = set(tok.eos_ids)
         stops = o["stop"]
@@ -822,13 +829,7 @@ class TorchModel:
             for s in range(0, len(rows), chunk):
                 part = rows[s:s + chunk]
                 B, P = len(part), max(len(r) for r in part)
-                ids = torch.full((B, P), self.net.pad_id, dtype=torch.long)
-                valid = torch.zeros((B, P), dtype=torch.bool)
-                for i, r in enumerate(part):
-                    ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
-                    valid[i, P - len(r):] = True
-                ids, valid = ids.to(self.device), valid.to(self.device)
-                pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+                ids, valid, pos = self._left_padded(part)
                 logits, _ = self.net.prefill(ids, valid, pos, P)
                 logp = torch.log_softmax(self._float(logits), dim=-1)
                 if not bool(torch.isfinite(logp).all()):
